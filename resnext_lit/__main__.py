@@ -1,0 +1,5 @@
+import sys
+
+from resnext_lit.cli import main
+
+sys.exit(main())

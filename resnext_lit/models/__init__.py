@@ -1,0 +1,9 @@
+"""The ResNeXt model zoo (arXiv:1611.05431): network, registry, complexity, form conversion."""
+
+from .complexity import complexity, solve_bottleneck_width
+from .convert import convert_form
+from .registry import create_model, list_models, model_config, model_entry
+from .resnext import FORMS, Bottleneck, ResNeXt, group_width
+
+__all__ = ["FORMS", "Bottleneck", "ResNeXt", "complexity", "convert_form", "create_model",
+           "group_width", "list_models", "model_config", "model_entry", "solve_bottleneck_width"]

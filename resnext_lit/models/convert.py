@@ -1,0 +1,79 @@
+"""Weight conversion between the block forms (a), (b) and (c): the paper's equivalence claim.
+
+    >>> net_a = convert_form(create_model("resnext50_32x4d"), "a")   # same function, form (a)
+
+Sec. 3.3 of arXiv:1611.05431: "the three forms are strictly equivalent". Form (c)'s grouped
+convs are the canonical weights: conv1 and conv2 split by output channel into the C paths;
+form (a)'s per-path 1x1 projections are conv3's input-channel slices, whose sum equals conv3 on
+the concatenation. BN is per channel, so splitting it is exact in train mode too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .resnext import FORMS, Bottleneck, ResNeXt
+
+_BN_STATE = ("weight", "bias", "running_mean", "running_var")
+
+
+def _bn(bn: nn.BatchNorm2d) -> dict[str, torch.Tensor]:
+    return {k: getattr(bn, k) for k in _BN_STATE}
+
+
+def grouped_weights(block: Bottleneck) -> dict[str, torch.Tensor]:
+    """A block's weights in form (c) layout (torchvision names), whatever its form."""
+    if block.form == "c":
+        return {k: v for k, v in block.state_dict().items() if not k.startswith("downsample")}
+    paths = block.paths
+    cat = lambda get: torch.cat([get(p) for p in paths])  # noqa: E731 - one-line helper
+    out = {"conv1.weight": cat(lambda p: p.conv1.weight),
+           "conv2.weight": cat(lambda p: p.conv2.weight),
+           "conv3.weight": (torch.cat([p.conv3.weight for p in paths], dim=1)
+                            if block.form == "a" else block.conv3.weight)}
+    for i in (1, 2):
+        out.update({f"bn{i}.{k}": cat(lambda p: getattr(getattr(p, f"bn{i}"), k))
+                    for k in _BN_STATE})
+        out[f"bn{i}.num_batches_tracked"] = getattr(paths[0], f"bn{i}").num_batches_tracked
+    out.update({f"bn3.{k}": v for k, v in _bn(block.bn3).items()})
+    out["bn3.num_batches_tracked"] = block.bn3.num_batches_tracked
+    return out
+
+
+def load_grouped_weights(block: Bottleneck, weights: dict[str, torch.Tensor]) -> None:
+    """Set a block of any form from form (c) weights (the inverse of `grouped_weights`)."""
+    if block.form == "c":
+        block.load_state_dict(weights, strict=False)
+        return
+    state = {f"bn3.{k}": weights[f"bn3.{k}"] for k in (*_BN_STATE, "num_batches_tracked")}
+    C = block.cardinality
+    if block.form == "b":
+        state["conv3.weight"] = weights["conv3.weight"]
+    chunks = {k: v.chunk(C) for k, v in weights.items()
+              if k.startswith(("conv1", "conv2", "bn1", "bn2")) and v.dim() > 0}
+    conv3 = weights["conv3.weight"].chunk(C, dim=1)
+    for i in range(C):
+        state.update({f"paths.{i}.{k}": v[i] for k, v in chunks.items()})
+        for bn in ("bn1", "bn2"):
+            state[f"paths.{i}.{bn}.num_batches_tracked"] = weights[f"{bn}.num_batches_tracked"]
+        if block.form == "a":
+            state[f"paths.{i}.conv3.weight"] = conv3[i]
+    block.load_state_dict(state, strict=False)
+
+
+def convert_form(model: ResNeXt, form: str) -> ResNeXt:
+    """A new network of block form `form` that computes exactly what `model` computes."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    target = ResNeXt(**{**model.config, "form": form}).to(next(model.parameters()).device)
+    target.train(model.training)
+    # Stem, shortcuts and classifier are the same in every form: copy them by name.
+    names = target.state_dict().keys()
+    shared = {k: v for k, v in model.state_dict().items() if ".paths." not in k and k in names}
+    target.load_state_dict(shared, strict=False)
+    blocks = lambda net: [m for m in net.modules() if isinstance(m, Bottleneck)]  # noqa: E731
+    with torch.no_grad():
+        for src, dst in zip(blocks(model), blocks(target)):
+            load_grouped_weights(dst, {k: v.clone() for k, v in grouped_weights(src).items()})
+    return target

@@ -1,0 +1,30 @@
+"""`python -m resnext_lit models` through a real subprocess."""
+
+import subprocess
+import sys
+import time
+
+from resnext_lit.models import list_models
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "resnext_lit", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_models_table_lists_the_zoo_quickly():
+    start = time.perf_counter()
+    result = run_cli("models", "--markdown")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 + len(list_models())
+    row = next(line for line in lines if line.startswith("| resnext50_32x4d |"))
+    assert row.split(" | ")[4:8] == ["25.03", "4.23", "224", "22.20"]
+    assert elapsed < 30, f"zoo table took {elapsed:.1f}s"
+
+
+def test_unknown_command_is_one_line():
+    result = run_cli("modelz")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown command 'modelz'" in result.stderr
