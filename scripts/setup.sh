@@ -21,7 +21,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-stamp=".venv/.requirements-$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+stamp=".venv/.requirements-$(sha256sum requirements.txt | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "building .venv from requirements.txt (first run: several minutes)"
   "$PYTHON" -m venv .venv

@@ -1,0 +1,14 @@
+"""DataModules. Every one hands the LightningModule the same batch format:
+
+    (images: torch.uint8 [N, 3, H, W], labels: torch.int64 [N])
+
+Normalisation (IMAGENET_MEAN / IMAGENET_STD, on the 0-255 scale) and the float cast happen on
+the device, in `ResNeXtModule.on_after_batch_transfer`, so loaders move raw bytes only.
+Each DataModule exposes `num_classes` (linked into the model by the CLI) and `image_size`.
+"""
+
+# ImageNet channel statistics on the 0-255 scale (as torchvision's, times 255).
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Validation crops a 224 center from the image resized to 256 (paper Sec. 4; fb.resnet.torch).
+CROP_RATIO = 224 / 256
