@@ -1,30 +1,153 @@
 """Command line entry point: `python -m resnext_lit <command> ...`.
 
+    python -m resnext_lit fit --config configs/imagenet_paper.yaml --model.arch resnext101_32x4d
+    python -m resnext_lit fit --config configs/demo.yaml --print_config
+    python -m resnext_lit validate --config configs/demo.yaml --ckpt_path runs/.../best.ckpt
     python -m resnext_lit models            # the zoo with params, MACs and the paper's errors
+    python -m resnext_lit summary runs/demo # the newest run's record (results.json)
+
+`fit|validate|test|predict` are a LightningCLI (jsonargparse): several `--config` files
+compose left to right, and `data.num_classes` is linked into `model.num_classes`. User errors
+(an unknown arch, a bad schedule, ...) end in one line and exit status 2, before any training.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
 
 # Each tool command lives in its own module with a `main(argv) -> int`.
 COMMANDS = {
     "models": "resnext_lit.models.table",
+    "summary": "resnext_lit.summary",
+    "write-beton": "resnext_lit.data.beton",
+    "sweep": "resnext_lit.sweep",
+    "table": "resnext_lit.table",
+    "dashboard": "resnext_lit.dashboard",
+    "bench": "resnext_lit.bench",
 }
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+RUNS_DIR = "runs"
+
+
+class ResNeXtCLI(LightningCLI):
+    """LightningCLI with the repo's links, defaults and run bookkeeping."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Any LightningDataModule by class path; the embedded digits when none is given.
+        parser.set_defaults({"data": {"class_path": "resnext_lit.data.digits.DigitsDataModule"}})
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    @property
+    def run_config(self):
+        """This run's config (the subcommand's, or the whole one when run=False)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        config = self.run_config
+        if config.trainer.get("enable_progress_bar") is not False:
+            self.trainer_defaults["callbacks"].append(RichProgressBar(leave=True))
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            _continue_latest_version(config)
+
+    def before_fit(self) -> None:
+        from .results import ResultsWriter
+
+        config = self.run_config
+        paths = config.get("config") or []
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ResultsWriter):
+                callback.config = _plain(config)
+                callback.recipe = Path(str(paths[-1])).stem if paths else None
+
+
+def _plain(config) -> dict:
+    """The resolved config as JSON-friendly builtins (for results.json and W&B)."""
+    as_dict = config.clone().as_dict()
+    as_dict.pop("config", None)
+    return as_dict
+
+
+def _continue_latest_version(config) -> None:
+    """`fit --ckpt_path last` continues the newest run of this name in its own folder.
+
+    Lightning looks for `last.ckpt` in the logger's folder, and a new run would get a new
+    version folder (so it would find nothing and silently start from scratch).
+    """
+    logger = config.trainer.get("logger")
+    init = getattr(logger, "init_args", None)
+    if init is None or init.get("version") is not None or "save_dir" not in init:
+        return
+    root = Path(init.save_dir) / (init.get("name") or "lightning_logs")
+    versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not any((v / "checkpoints" / "last.ckpt").exists() for v in versions):
+        raise ValueError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints")
+    latest = [v for v in versions if (v / "checkpoints" / "last.ckpt").exists()][-1]
+    init.version = int(latest.name.split("_")[1])
+
+
+def run_cli(args: list[str] | None) -> None:
+    from lightning import LightningDataModule
+
+    from .module import ResNeXtModule
+    from .results import ResultsWriter
+
+    ResNeXtCLI(
+        ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
+        trainer_defaults={
+            "default_root_dir": RUNS_DIR,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": RUNS_DIR, "name": "default"}},
+            # Persistent callbacks: the ModelCheckpoint must come before ResultsWriter (see it).
+            "callbacks": [
+                ModelCheckpoint(monitor="val/top1_err", mode="min", save_last=True,
+                                filename="epoch{epoch:03d}-err{val/top1_err:.2f}",
+                                auto_insert_metric_name=False),
+                ResultsWriter()]},
+        save_config_kwargs={"overwrite": True},
+        # Parse errors raise (and `main` prints them on one line) instead of printing usage.
+        parser_kwargs={"exit_on_error": False,
+                       **{sub: {"exit_on_error": False} for sub in TRAINER_SUBCOMMANDS}},
+    )
+
+
+def one_line(message: str) -> str:
+    """jsonargparse explains a bad value as a nested tree; keep the key path and the reason."""
+    keys, structural = [], ("Does not validate", "Subtypes:", "Errors:", "- Problem with")
+    for line in (line.strip() for line in str(message).splitlines()):
+        match = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
+        if match:
+            keys.append(match.group(1))
+            line = match.group(2)
+        if line and not line.startswith(structural):
+            where = f'"{".".join(keys)}": ' if keys else ""
+            return f"{where}{line.lstrip('- ')}"
+    return str(message).strip().splitlines()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m resnext_lit {" + ",".join(COMMANDS) + "} ...")
+        print("usage: python -m resnext_lit {" + ",".join((*TRAINER_SUBCOMMANDS, *COMMANDS))
+              + "} ...")
         return 0 if argv else 2
-    if argv[0] not in COMMANDS:
-        print(f"error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}",
-              file=sys.stderr)
+    command = argv[0]
+    if command not in COMMANDS and command not in TRAINER_SUBCOMMANDS:
+        print(f"error: unknown command {command!r}; choose from "
+              f"{', '.join((*TRAINER_SUBCOMMANDS, *COMMANDS))}", file=sys.stderr)
         return 2
     try:
-        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-    except ValueError as err:  # user errors are one line, not a traceback
-        print(f"error: {err}", file=sys.stderr)
+        if command in COMMANDS:
+            return importlib.import_module(COMMANDS[command]).main(argv[1:])
+        run_cli(None if from_sys else argv)
+    except (ValueError, ArgumentError) as err:  # user errors are one line, not a traceback
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    return 0

@@ -77,7 +77,7 @@ def test_overrides_apply_to_any_name():
     (lambda: create_model("resnet50", cardinality=0), "cardinality"),
     (lambda: create_model("resnet50", bottleneck_width=-1), "bottleneck_width"),
     (lambda: create_model("resnet50", form="d"), "form must be one of a, b, c"),
-    (lambda: create_model("resnet50", depth=34), "depth must be one of 29, 50, 101, 152, 200"),
+    (lambda: create_model("resnet50", depth=34), "depth must be one of 11, 29, 50, 101, 152, 200"),
     (lambda: create_model("resnet50", num_classes=0), "num_classes"),
     (lambda: create_model("resnet50", width=3), "unknown model override 'width'"),
     (lambda: ResNeXt(layers=(3, 0, 2)), "layers"),

@@ -15,10 +15,11 @@ import difflib
 
 from .resnext import ResNeXt
 
-# Blocks per stage (paper Table 1 and Sec. 4; Sec. 5.3 for the CIFAR ResNeXt-29).
-DEPTHS = {29: (3, 3, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
+# Blocks per stage (paper Table 1 and Sec. 4; Sec. 5.3 for the CIFAR ResNeXt-29). Depth 11, one
+# block per CIFAR stage, is not in the paper: it is the CPU demo's network.
+DEPTHS = {11: (1, 1, 1), 29: (3, 3, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
           200: (3, 24, 36, 3)}
-CIFAR_DEPTHS = (29,)
+CIFAR_DEPTHS = (11, 29)
 OVERRIDES = ("num_classes", "form", "cardinality", "bottleneck_width", "depth",
              "zero_init_residual")
 

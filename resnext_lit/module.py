@@ -1,0 +1,188 @@
+"""The LightningModule: a zoo ResNeXt, its loss, its metrics and the paper's optimisation.
+
+    python -m resnext_lit fit --config configs/imagenet_paper.yaml --model.arch resnext50_32x4d
+
+Errors are logged in percent, as the paper reports them: `val/top1_err` = 100 * (1 - top-1
+accuracy). Batches arrive as uint8 NCHW (see `resnext_lit.data`) and are normalised here, on the
+device, so loaders move raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
+from lightning import LightningModule
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .models import create_model
+from .schedules import check_schedule, lr_factor
+
+REFERENCE_BATCH = 256  # the paper's lr 0.1 is for 256 images per step (Sec. 4, Goyal et al.)
+
+
+class ResNeXtModule(LightningModule):
+    """Train and evaluate one registered network.
+
+    Args:
+        arch: a `resnext_lit.models` name, e.g. "resnext50_32x4d" (`python -m resnext_lit models`).
+        num_classes: linked from the DataModule by the CLI; never typed twice.
+        depth, form, cardinality, bottleneck_width, zero_init_residual: overrides of the arch's
+            registry entry (`resnext_lit.models.create_model`).
+        lr: learning rate per 256 images; the optimiser uses lr * global_batch / 256.
+        momentum, nesterov, weight_decay: SGD (paper: 0.9, 1e-4; official code: Nesterov).
+        no_bn_weight_decay: exempt BN and bias parameters (1-d tensors) from weight decay.
+        schedule, milestones, gamma, warmup_epochs, peak_epoch: see `resnext_lit.schedules`.
+        label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
+        channels_last, compile: memory format and `torch.compile` for speed on GPUs.
+        ema_decay: keep an exponential moving average of the weights, evaluated on val.
+        flip_tta: average the logits of the image and its mirror at validation.
+    """
+
+    def __init__(self, arch: str = "resnext50_32x4d", num_classes: int = 1000,
+                 depth: int | None = None, form: Literal["a", "b", "c"] | None = None,
+                 cardinality: int | None = None,
+                 bottleneck_width: int | None = None, zero_init_residual: bool = False,
+                 lr: PositiveFloat = 0.1, momentum: NonNegativeFloat = 0.9,
+                 nesterov: bool = False, weight_decay: NonNegativeFloat = 1e-4,
+                 no_bn_weight_decay: bool = False,
+                 schedule: Literal["step", "cosine", "triangular"] = "step",
+                 milestones: list[int] = [30, 60], gamma: PositiveFloat = 0.1,  # noqa: B006
+                 warmup_epochs: NonNegativeFloat = 0.0, peak_epoch: PositiveFloat = 2.0,
+                 label_smoothing: NonNegativeFloat = 0.0, channels_last: bool = False,
+                 compile: bool = False, ema_decay: float | None = None, flip_tta: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
+                                  cardinality=cardinality, bottleneck_width=bottleneck_width,
+                                  zero_init_residual=zero_init_residual)
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
+                                     use_buffers=True)
+            self.ema.requires_grad_(False)
+        top5 = min(5, num_classes)
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        self._epoch_start, self._epoch_images = 0.0, 0
+
+    # -- data on the device ------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        images = (images.float() - self.mean) / self.std
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.long()
+
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)  # the model and its EMA copy
+        if self.hparams.compile:
+            self.model.compile()  # in place: state_dict keys stay those of the zoo
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    # -- training ------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        self.train_top1.update(logits.detach(), labels)
+        self._epoch_images += images.shape[0] * self.trainer.world_size
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/top1_err", 100 * (1 - self.train_top1.compute()))
+        self.train_top1.reset()
+        elapsed = time.perf_counter() - self._epoch_start
+        self.log("train/images_per_s", self._epoch_images / max(elapsed, 1e-9))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        model = self.ema.module if self.ema is not None else self.model
+        logits = model(images)
+        if self.hparams.flip_tta:
+            logits = (logits + model(images.flip(3))) / 2
+        return logits
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self._eval_logits(images)
+        self.val_top1.update(logits, labels)
+        self.val_top5.update(logits, labels)
+        # sum/count reduced over every rank, so the loss is exact under DDP
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True,
+                 batch_size=labels.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        # torchmetrics sums correct/total over all ranks in compute(): the error is exact.
+        self.log("val/top1_err", 100 * (1 - self.val_top1.compute()), prog_bar=True)
+        self.log("val/top5_err", 100 * (1 - self.val_top5.compute()))
+        self.val_top1.reset()
+        self.val_top5.reset()
+
+    test_step = validation_step
+    on_test_epoch_end = on_validation_epoch_end
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_logits(batch[0]).softmax(dim=1)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        classes = getattr(datamodule, "num_classes", None)
+        if classes is not None and classes != self.hparams.num_classes:
+            raise ValueError(f"model.num_classes={self.hparams.num_classes} but the data has "
+                             f"{classes} classes")
+        if stage == "fit" and not self.trainer.fast_dev_run:  # a smoke run keeps its recipe
+            hp = self.hparams
+            check_schedule(hp.schedule, self.trainer.max_epochs, hp.milestones,
+                           hp.warmup_epochs, hp.peak_epoch)
+
+    def global_batch_size(self) -> int:
+        per_device = getattr(self.trainer.datamodule, "batch_size", None)
+        if per_device is None:
+            raise ValueError("the DataModule must expose `batch_size` (images per device)")
+        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if hp.no_bn_weight_decay and p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        lr = hp.lr * self.global_batch_size() / REFERENCE_BATCH
+        optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr,
+                                    momentum=hp.momentum, nesterov=hp.nesterov)
+        # Sized from the real per-rank loader after setup (`estimated_stepping_batches` loads
+        # it), so milestones land on exact steps; max_steps or a resume does not change it.
+        self.trainer.estimated_stepping_batches
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches
+                                    / self.trainer.accumulate_grad_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+            hp.schedule, step / steps_per_epoch, self.trainer.max_epochs, hp.milestones,
+            hp.gamma, hp.warmup_epochs, hp.peak_epoch))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -1,0 +1,156 @@
+"""`results.json`: one self-contained record per `fit`, in the run's log directory.
+
+    python -m resnext_lit fit --config configs/demo.yaml   # -> runs/demo/version_0/results.json
+
+It holds what a table of the paper needs (arch, C, d, params, MACs, per-epoch errors, best and
+final `val/top1_err`) and what makes a figure trustworthy (resolved config, wall time, img/s,
+hardware, library versions). It is rewritten atomically after every epoch, so a crashed or
+preempted run still leaves a valid record with its `status`. `python -m resnext_lit table`
+reads these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+
+from .models import ResNeXt, complexity
+
+METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
+           "train/images_per_s")
+PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def environment() -> tuple[dict, dict]:
+    """(hardware, versions) of this process, for the record."""
+    hardware = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return hardware, versions
+
+
+class ResultsWriter(Checkpoint):
+    """Writes `results.json` after every epoch (rank 0 only).
+
+    A `Checkpoint` subclass so that Lightning calls it after the LightningModule's own
+    epoch-end hooks, like ModelCheckpoint, when every epoch metric has been logged.
+    """
+
+    def __init__(self, filename: str = "results.json"):
+        self.filename = filename
+        self.config: dict = {}      # the resolved CLI config, set by the CLI
+        self.recipe: str | None = None
+        self.record: dict = {}
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.record.get("epochs", []),
+                "wall_time_s": self.record.get("wall_time_s", 0.0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = state  # a resumed run keeps its earlier epochs and time
+
+    def _history(self, trainer) -> dict:
+        """What a resumed run already did. The record on disk is preferred: the checkpoint was
+        saved at validation end, before the last epoch's entry was complete."""
+        previous = getattr(self, "_restored", None)
+        if previous is None:
+            return {}
+        if self._path.exists():
+            previous = json.loads(self._path.read_text())
+        return {"epochs": [e for e in previous.get("epochs", [])
+                           if e["epoch"] < trainer.current_epoch],
+                "wall_time_s": previous.get("wall_time_s", 0.0)}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After Lightning restored a resumed run's loops, so current_epoch is the resumed one.
+        # `log_dir` broadcasts from rank 0: every rank must ask, or DDP hangs.
+        self._path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        if not trainer.is_global_zero:
+            return
+        with torch.device("meta"):
+            meta = ResNeXt(**pl_module.model.config)
+        size = getattr(trainer.datamodule, "image_size", 224)
+        hardware, versions = environment()
+        restored = self._history(trainer)
+        self.record = {
+            "status": "running", "arch": pl_module.hparams.arch,
+            "model": {**{k: v for k, v in pl_module.model.config.items() if k != "layers"},
+                      "depth": _depth(meta), **complexity(meta, size), "image_size": size},
+            "recipe": self.recipe, "seed": self.config.get("seed_everything"),
+            "config": self.config, "epochs": list(restored.get("epochs", [])),
+            "best": None, "final": None, "wall_time_s": restored.get("wall_time_s", 0.0),
+            "images_per_s": None, "world_size": trainer.world_size,
+            "hardware": hardware, "versions": versions}
+        self._start = time.perf_counter() - self.record["wall_time_s"]
+        self._write(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        epoch = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                 "time_s": time.perf_counter() - self._start}
+        for name in METRICS:
+            value = metrics.get(f"{name}_epoch", metrics.get(name))
+            if value is not None:
+                epoch[name] = float(value)
+        self.record["epochs"].append(epoch)
+        self._write(trainer)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._finish(trainer, "finished")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._finish(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt)
+                     else "failed")
+
+    def _finish(self, trainer, status: str) -> None:
+        if trainer.is_global_zero and self.record:
+            self.record["status"] = status
+            self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        record = self.record
+        record["wall_time_s"] = time.perf_counter() - self._start
+        evaluated = [e for e in record["epochs"] if "val/top1_err" in e]
+        if evaluated:
+            best = min(evaluated, key=lambda e: e["val/top1_err"])
+            record["best"] = {k: best.get(k) for k in ("val/top1_err", "val/top5_err", "epoch")}
+            record["final"] = {k: evaluated[-1].get(k) for k in ("val/top1_err", "val/top5_err")}
+        speeds = [e["train/images_per_s"] for e in record["epochs"][1:]
+                  if "train/images_per_s" in e]  # epoch 0 pays for compilation and warm-up
+        speeds = speeds or [e["train/images_per_s"] for e in record["epochs"]
+                            if "train/images_per_s" in e]
+        record["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
+        write_json_atomic(self._path, record)
+
+
+def _depth(net: ResNeXt) -> int:
+    """Weighted layers, as the paper counts them: 3 per bottleneck + stem conv + fc."""
+    return 3 * sum(net.config["layers"]) + 2

@@ -1,0 +1,55 @@
+"""Learning-rate schedules, stepped per iteration: one formula each, in epochs.
+
+    >>> lr_factor("step", epoch=30.0, max_epochs=90, milestones=[30, 60])   # 0.1
+
+`epoch` is fractional (step / steps_per_epoch), so drops land on the exact iteration and a
+schedule keeps its shape whatever the batch size or number of GPUs.
+
+- "step": the paper's (Sec. 4, fb.resnet.torch): x gamma at each milestone epoch (ImageNet 30,
+  60, 90; CIFAR 150, 225).
+- "cosine": half a cosine from 1 to 0 over the epochs after warmup (Loshchilov & Hutter 2017).
+- "triangular": ffcv-imagenet's: linear from 0 up to 1 at `peak_epoch`, then down to 0 at the
+  end.
+"step" and "cosine" take an optional linear warmup from 0 over `warmup_epochs` (Goyal et al.
+2017, for large batches).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+SCHEDULES = ("step", "cosine", "triangular")
+
+
+def check_schedule(schedule: str, max_epochs: int, milestones: Sequence[int] = (),
+                   warmup_epochs: float = 0.0, peak_epoch: float = 2.0) -> None:
+    """One-line ValueErrors for a schedule that cannot run as asked, before any training."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"model.schedule must be one of {', '.join(SCHEDULES)}, "
+                         f"got {schedule!r}")
+    if schedule == "step" and any(m <= 0 or m >= max_epochs for m in milestones):
+        raise ValueError(f"model.milestones {list(milestones)} must lie inside "
+                         f"(0, trainer.max_epochs={max_epochs})")
+    if not 0 <= warmup_epochs < max_epochs:
+        raise ValueError(f"model.warmup_epochs={warmup_epochs} must be in "
+                         f"[0, trainer.max_epochs={max_epochs})")
+    if schedule == "triangular" and not 0 < peak_epoch < max_epochs:
+        raise ValueError(f"model.peak_epoch={peak_epoch} must be in "
+                         f"(0, trainer.max_epochs={max_epochs})")
+
+
+def lr_factor(schedule: str, epoch: float, max_epochs: int, milestones: Sequence[int] = (),
+              gamma: float = 0.1, warmup_epochs: float = 0.0, peak_epoch: float = 2.0) -> float:
+    """The multiplier of the base learning rate at fractional `epoch`."""
+    if schedule == "triangular":
+        if epoch < peak_epoch:
+            return epoch / peak_epoch
+        return max(0.0, (max_epochs - epoch) / (max_epochs - peak_epoch))
+    warmup = epoch / warmup_epochs if epoch < warmup_epochs else 1.0
+    if schedule == "step":
+        return warmup * gamma ** sum(epoch >= m for m in milestones)
+    if schedule == "cosine":
+        progress = max(0.0, epoch - warmup_epochs) / (max_epochs - warmup_epochs)
+        return warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")

@@ -1,0 +1,52 @@
+"""`python -m resnext_lit summary [RUNS_DIR]`: what the newest run under a folder did.
+
+    python -m resnext_lit summary runs/demo
+
+Reads the `results.json` that every `fit` writes: model, params, MACs, val error per epoch,
+img/s, and where the run, its checkpoints and the record are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def newest_results(root: Path) -> Path:
+    found = sorted(root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ValueError(f"no results.json under {root}")
+    return found[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnext_lit summary")
+    parser.add_argument("runs", nargs="?", default="runs", type=Path,
+                        help="a run folder or a folder of runs (the newest is shown)")
+    path = newest_results(parser.parse_args(argv).runs)
+    record = json.loads(path.read_text())
+    model, console = record["model"], Console()
+    console.print(f"[bold]{record['arch']}[/] (depth {model['depth']}, "
+                  f"{model['cardinality']}x{model['bottleneck_width']}d, form {model['form']}): "
+                  f"{model['params'] / 1e6:.2f} M params, {model['macs'] / 1e6:.1f} M MACs "
+                  f"at {model['image_size']} px  -  status: {record['status']}")
+    table = Table("epoch", "train loss", "train top-1 err %", "val top-1 err %",
+                  "val top-5 err %", "img/s", "time s")
+    fmt = lambda v, spec=".2f": "" if v is None else format(v, spec)  # noqa: E731
+    for e in record["epochs"]:
+        table.add_row(str(e["epoch"]), fmt(e.get("train/loss"), ".3f"),
+                      fmt(e.get("train/top1_err")), fmt(e.get("val/top1_err")),
+                      fmt(e.get("val/top5_err")), fmt(e.get("train/images_per_s"), ".0f"),
+                      fmt(e.get("time_s"), ".0f"))
+    console.print(table)
+    best = record.get("best") or {}
+    console.print(f"best val top-1 error {fmt(best.get('val/top1_err'))}% (epoch "
+                  f"{best.get('epoch')}), {fmt(record.get('images_per_s'), '.0f')} img/s, "
+                  f"wall time {record['wall_time_s']:.0f} s")
+    console.print(f"run: {path.parent}\ncheckpoints: {path.parent / 'checkpoints'}\n"
+                  f"record: {path}")
+    return 0

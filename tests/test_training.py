@@ -1,0 +1,200 @@
+"""Training through the real LightningCLI, in subprocesses, as a user would run it."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+
+from resnext_lit.data.synthetic import SyntheticDataModule
+from resnext_lit.module import ResNeXtModule
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+TINY = ["--model.depth=11", "--model.cardinality=2", "--model.bottleneck_width=2",
+        "--data.init_args.image_size=16", "--trainer.enable_progress_bar=false",
+        "--model.warmup_epochs=0"]
+
+
+def cli(*args, cwd, timeout=300):
+    """`python -m resnext_lit ...` in `cwd`, so its runs/ folder lands in the test's tmp dir."""
+    return subprocess.run([sys.executable, "-m", "resnext_lit", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def results(run_dir: Path) -> dict:
+    (path,) = run_dir.rglob("results.json")
+    return json.loads(path.read_text())
+
+
+def test_fast_dev_run_on_synthetic_data(tmp_path):
+    out = cli("fit", "--model.arch=resnext29_8x64d", "--model.depth=11",
+              "--model.cardinality=2", "--model.bottleneck_width=2",
+              "--data=resnext_lit.data.synthetic.SyntheticDataModule", "--data.num_classes=7",
+              "--data.image_size=16", "--trainer.fast_dev_run=2",
+              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fast_dev_run" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_one_epoch_on_digits_writes_results_json(tmp_path):
+    out = cli("fit", "--config", DEMO, *TINY, "--trainer.max_epochs=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = results(tmp_path / "runs" / "demo")
+    assert record["status"] == "finished" and record["arch"] == "resnext29_8x64d"
+    assert record["recipe"] == "demo"
+    model = record["model"]
+    assert (model["depth"], model["cardinality"], model["bottleneck_width"]) == (11, 2, 2)
+    assert model["num_classes"] == 10 and model["image_size"] == 16
+    net = ResNeXtModule("resnext29_8x64d", 10, depth=11, cardinality=2, bottleneck_width=2)
+    assert model["params"] == sum(p.numel() for p in net.model.parameters())
+    assert model["macs"] > 0
+    (epoch,) = record["epochs"]
+    assert epoch["step"] == 1437 // 64  # stratified 80% of the 1,797 digits, drop_last
+    for key in ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err",
+                "train/images_per_s"):
+        assert math.isfinite(epoch[key]), key
+    assert 0 <= epoch["val/top5_err"] <= epoch["val/top1_err"] <= 100
+    assert record["best"]["val/top1_err"] == record["final"]["val/top1_err"] == \
+        epoch["val/top1_err"]
+    assert record["config"]["model"]["arch"] == "resnext29_8x64d"
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert (tmp_path / "runs/demo/version_0/config.yaml").exists()
+    assert (tmp_path / "runs/demo/version_0/checkpoints/last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
+    out = cli("fit", "--config", DEMO, *TINY, "--trainer.max_epochs=1",
+              "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu",
+              "--trainer.limit_train_batches=4", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = results(tmp_path / "runs" / "demo")
+    assert record["world_size"] == 2
+    assert record["epochs"][0]["step"] == 4
+    # The error logged under DDP (each rank saw half of the 360 val digits) must equal the error
+    # of the same weights over the whole split in one process.
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    module = ResNeXtModule.load_from_checkpoint(ckpt, map_location="cpu")
+    from resnext_lit.data.digits import DigitsDataModule
+    (metrics,) = Trainer(accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False).validate(
+        module, DigitsDataModule(batch_size=64, image_size=16), verbose=False)
+    assert metrics["val/top1_err"] == pytest.approx(record["final"]["val/top1_err"], abs=1e-4)
+
+
+class RecordLR(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def run_schedule(accumulate=1, **hparams):
+    torch.manual_seed(0)
+    record = RecordLR()
+    module = ResNeXtModule("resnext29_8x64d", 10, depth=11, cardinality=2, bottleneck_width=1,
+                           lr=0.8, **hparams)
+    trainer = Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, limit_val_batches=0, callbacks=[record],
+                      accumulate_grad_batches=accumulate, enable_model_summary=False)
+    trainer.fit(module, SyntheticDataModule(num_train=80, batch_size=8, image_size=8))
+    return record.lrs, trainer
+
+
+def test_step_schedule_with_warmup_and_batch_scaling():
+    lrs, _ = run_schedule(schedule="step", milestones=[1, 3], warmup_epochs=0.5)
+    base = 0.8 * 8 / 256  # lr per 256 images x global batch 8
+    assert len(lrs) == 40  # 10 steps per epoch x 4 epochs
+    expected = {0: 0.0, 4: 0.8 * base, 5: base, 9: base, 10: 0.1 * base, 29: 0.1 * base,
+                30: 0.01 * base, 39: 0.01 * base}
+    for step, lr in expected.items():
+        assert lrs[step] == pytest.approx(lr, rel=1e-6), step
+
+
+def test_cosine_schedule_with_warmup():
+    lrs, _ = run_schedule(schedule="cosine", warmup_epochs=1)
+    base = 0.8 * 8 / 256
+    assert lrs[5] == pytest.approx(0.5 * base)
+    assert lrs[10] == pytest.approx(base)
+    assert lrs[25] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 1.5 / 3)))
+    assert lrs[39] == pytest.approx(base * 0.5 * (1 + math.cos(math.pi * 2.9 / 3)))
+
+
+def test_triangular_schedule_with_accumulation():
+    # 2 batches per optimizer step: global batch 16, 5 optimizer steps per epoch
+    lrs, trainer = run_schedule(accumulate=2, schedule="triangular", peak_epoch=2)
+    base = 0.8 * 16 / 256
+    per_step = lrs[::2]
+    assert trainer.global_step == 20 and len(per_step) == 20
+    assert per_step[0] == 0.0
+    assert per_step[5] == pytest.approx(0.5 * base)     # epoch 1 of 2 up
+    assert per_step[10] == pytest.approx(base)           # the peak
+    assert per_step[15] == pytest.approx(0.5 * base)     # half way down
+
+
+def test_no_weight_decay_on_bn_and_bias():
+    groups = []
+
+    class Grab(Callback):
+        def on_train_start(self, trainer, module):
+            groups.extend(trainer.optimizers[0].param_groups)
+
+    module = ResNeXtModule("resnext29_8x64d", 10, depth=11, bottleneck_width=1,
+                           no_bn_weight_decay=True, weight_decay=1e-4)
+    Trainer(accelerator="cpu", fast_dev_run=1, logger=False, callbacks=[Grab()],
+            enable_progress_bar=False).fit(module, SyntheticDataModule(batch_size=8,
+                                                                        image_size=8))
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in no_decay["params"]}
+    bn = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(id(m.weight) in ids and id(m.bias) in ids for m in bn)
+    assert id(module.model.fc.bias) in ids and id(module.model.fc.weight) not in ids
+    assert all(p.ndim == 4 or p is module.model.fc.weight for p in decay["params"])
+
+
+@pytest.mark.slow
+def test_resume_from_last_continues_step_and_lr(tmp_path):
+    common = ["fit", "--config", DEMO, *TINY, "--model.schedule=step", "--model.milestones=[2]",
+              "--model.warmup_epochs=0", "--trainer.limit_train_batches=3",
+              "--trainer.limit_val_batches=2"]
+    # the first run stops after 2 of its 4 epochs (as a preempted job would), the second resumes
+    first = cli(*common, "--trainer.max_epochs=4", "--trainer.max_steps=6", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = cli(*common, "--trainer.max_epochs=4", "--ckpt_path=last", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert not (tmp_path / "runs/demo/version_1").exists()  # continued in place
+    record = results(tmp_path / "runs" / "demo")
+    assert [e["epoch"] for e in record["epochs"]] == [0, 1, 2, 3]
+    assert [e["step"] for e in record["epochs"]] == [3, 6, 9, 12]
+    lrs = [e["lr"] for e in record["epochs"]]  # the lr of each epoch's last step
+    base = 0.4 * 64 / 256
+    assert lrs == pytest.approx([base, base, 0.1 * base, 0.1 * base])
+
+
+BAD_INPUTS = [
+    (["--model.arch=resnext50_32x4"], "unknown model 'resnext50_32x4'; closest: resnext50_32x4d"),
+    (["--model.lr=0"], '"model.lr": Not of type PositiveFloat'),
+    (["--data.init_args.batch_size=-4"], '"data.batch_size": Not of type PositiveInt'),
+    (["--model.schedule=step", "--model.milestones=[1,9]", "--trainer.max_epochs=5"],
+     "model.milestones [1, 9] must lie inside (0, trainer.max_epochs=5)"),
+    (["--model.schedule=poly"], '"model.schedule": Expected a typing.Literal'),
+    (["--model.widht=3"], "unrecognized arguments: --model.widht=3"),
+    (["--model.cardinality=0"], "cardinality must be an integer >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[a[0][0] for a in BAD_INPUTS])
+def test_bad_input_is_one_line_before_training(tmp_path, args, message):
+    out = cli("fit", "--config", DEMO, *args, cwd=tmp_path)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert errors == [errors[-1]] and message in errors[-1], out.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
