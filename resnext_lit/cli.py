@@ -22,6 +22,9 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from .models.registry import OVERRIDES, model_config
+from .schedules import check_schedule
+
 # Each tool command lives in its own module with a `main(argv) -> int`.
 COMMANDS = {
     "models": "resnext_lit.models.table",
@@ -34,6 +37,7 @@ COMMANDS = {
 }
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RUNS_DIR = "runs"
+DEFAULT_MAX_EPOCHS = 1000  # Lightning's when neither max_epochs nor max_steps is set
 
 
 class ResNeXtCLI(LightningCLI):
@@ -43,6 +47,18 @@ class ResNeXtCLI(LightningCLI):
         # Any LightningDataModule by class path; the embedded digits when none is given.
         parser.set_defaults({"data": {"class_path": "resnext_lit.data.digits.DigitsDataModule"}})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Check what can be checked from the config alone, before the seed, the Trainer or any
+        # data exist, so a typo costs one line and no start-up.
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        model, trainer = config.model, config.trainer
+        model_config(model.arch, **{k: model.get(k) for k in OVERRIDES if k != "num_classes"})
+        if sub == "fit" and not trainer.get("fast_dev_run"):
+            check_schedule(model.schedule, trainer.get("max_epochs") or DEFAULT_MAX_EPOCHS,
+                           model.milestones, model.warmup_epochs, model.peak_epoch)
 
     @property
     def run_config(self):

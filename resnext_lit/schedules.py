@@ -45,11 +45,12 @@ def lr_factor(schedule: str, epoch: float, max_epochs: int, milestones: Sequence
     if schedule == "triangular":
         if epoch < peak_epoch:
             return epoch / peak_epoch
-        return max(0.0, (max_epochs - epoch) / (max_epochs - peak_epoch))
+        return max(0.0, (max_epochs - epoch) / max(max_epochs - peak_epoch, 1e-9))
     warmup = epoch / warmup_epochs if epoch < warmup_epochs else 1.0
     if schedule == "step":
         return warmup * gamma ** sum(epoch >= m for m in milestones)
     if schedule == "cosine":
-        progress = max(0.0, epoch - warmup_epochs) / (max_epochs - warmup_epochs)
+        # (the max() guards smoke runs, e.g. fast_dev_run's single epoch, from dividing by 0)
+        progress = max(0.0, epoch - warmup_epochs) / max(max_epochs - warmup_epochs, 1e-9)
         return warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 
-from .resnext import ResNeXt
+from .resnext import ResNeXt, check_block_args
 
 # Blocks per stage (paper Table 1 and Sec. 4; Sec. 5.3 for the CIFAR ResNeXt-29). Depth 11, one
 # block per CIFAR stage, is not in the paper: it is the CPU demo's network.
@@ -98,6 +98,7 @@ def model_config(name: str, **overrides) -> dict:
     depth = args.pop("depth")
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {', '.join(map(str, DEPTHS))}, got {depth!r}")
+    check_block_args(args["cardinality"], args["bottleneck_width"], args.get("form", "c"))
     stem = "cifar" if depth in CIFAR_DEPTHS else "imagenet"
     args.setdefault("num_classes", 10 if stem == "cifar" else 1000)
     return dict(layers=DEPTHS[depth], stem=stem, **args)
