@@ -12,3 +12,6 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # Validation crops a 224 center from the image resized to 256 (paper Sec. 4; fb.resnet.torch).
 CROP_RATIO = 224 / 256
+# The Inception crop the paper trains with (Sec. 4, after Szegedy et al. 2015); also FFCV's.
+INCEPTION_SCALE = (0.08, 1.0)  # share of the image area
+INCEPTION_RATIO = (3 / 4, 4 / 3)  # aspect ratio range

@@ -1,6 +1,7 @@
 """The embedded real dataset: scikit-learn's 1,797 handwritten digit scans, no download.
 
     python -m resnext_lit fit --config configs/demo.yaml
+    python -m resnext_lit.data.digits runs/demo/data   # the same split as JPEG ImageFolders
 
 The 8x8 scans (UCI optdigits, 16 grey levels) are upsampled to 32x32 RGB uint8, so a CIFAR-stem
 ResNeXt sees them as it would see CIFAR. The train/val split is stratified and fixed by `seed`.
@@ -18,6 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 CLASSES = tuple(str(i) for i in range(10))
+
+
+def split(labels: torch.Tensor, val_fraction: float, seed: int):
+    """Fixed stratified (train, val) indices."""
+    return train_test_split(torch.arange(len(labels)), stratify=labels, test_size=val_fraction,
+                            random_state=seed)
 
 
 def digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,9 +65,7 @@ class DigitsDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         images, labels = digits_uint8(self.image_size)
-        train, val = train_test_split(torch.arange(len(labels)), stratify=labels,
-                                      test_size=self.hparams.val_fraction,
-                                      random_state=self.hparams.seed)
+        train, val = split(labels, self.hparams.val_fraction, self.hparams.seed)
         crop = v2.RandomCrop(self.image_size, padding=self.hparams.padding)
         self.train_set = _Digits(images[train], labels[train], crop)
         self.val_set = _Digits(images[val], labels[val])
@@ -74,3 +79,19 @@ class DigitsDataModule(LightningDataModule):
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader
+
+
+def export(root: str, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> None:
+    """Write the split as JPEG ImageFolders ROOT/train and ROOT/val (for `write-beton`)."""
+    from pathlib import Path
+
+    from .images import export_imagefolder
+    images, labels = digits_uint8(image_size)
+    for name, idx in zip(("train", "val"), split(labels, val_fraction, seed)):
+        export_imagefolder(images[idx].permute(0, 2, 3, 1).numpy(), labels[idx].numpy(),
+                           list(CLASSES), Path(root) / name)
+
+
+if __name__ == "__main__":
+    import sys
+    export(sys.argv[1])

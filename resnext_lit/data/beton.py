@@ -1,0 +1,289 @@
+"""Write ImageFolder trees to FFCV .beton files: `python -m resnext_lit write-beton`.
+
+    python -m resnext_lit write-beton --train ~/imagenet/train --val ~/imagenet/val \
+        --val-labels ~/imagenet/LOC_val_solution.csv --out ~/betons
+    # -> ~/betons/train.beton, ~/betons/val.beton, each with a .json sidecar and a .skipped.tsv
+
+    from resnext_lit.data.beton import write_beton           # the same from Python
+    write_beton("digits/train", "betons/train.beton", max_side=64)
+
+Records are (image: RGBImageField, label: IntField), in ImageFolder order (classes sorted, files
+sorted). Defaults are ffcv-imagenet's: longer side at most 500 px, `proportion` mode storing 50%
+of the images as JPEG at quality 90 and the rest raw. The val split takes the train split's
+class indices, from an ImageFolder tree or ImageNet's flat layout (see `imagenet_val`).
+
+Every file is decoded once in a parallel scan first: truncated, zero-byte and undecodable files
+are skipped and listed (path, reason) in `<beton>.skipped.tsv` and in the summary; CMYK,
+grayscale, palette, RGBA and PNG-named-.jpg files become RGB. Skips do not fail the write (exit
+status 0, printed, counted in the sidecar) because one bad file should not cost an hour of
+ImageNet writing; `--strict` makes any skip fatal (exit status 1, no .beton). Bad arguments exit
+with status 2 and one line. The .beton is written as `<beton>.partial` and renamed only when
+complete, so Ctrl-C, a crash or a full disk never leave a file under the final name; a rerun
+replaces the stale partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .images import list_classes, list_image_folder
+from .imagenet_val import flat_val_samples, read_val_labels
+from .sidecar import FIELDS, SIDECAR_FORMAT, fingerprint, sidecar_path, write_json_atomic
+from .workers import BetonRecords, check_free_space, ffcv_write, page_size, scan
+
+DEFAULT_MAX_SIDE = 500  # ffcv-imagenet's max_res
+DEFAULT_WRITE_MODE = "proportion"
+DEFAULT_COMPRESS_PROBABILITY = 0.5  # share of images stored as JPEG in `proportion` mode
+DEFAULT_JPEG_QUALITY = 90
+WRITE_MODES = ("proportion", "jpg", "raw")
+MAX_FFCV_SIDE = 65535  # FFCV stores width and height as uint16
+PARTIAL_SUFFIX, REPORT_SUFFIX = ".partial", ".skipped.tsv"
+SUMMARY_LINES = 10  # skipped files printed in the summary; the report lists all
+EXIT_SKIPPED_STRICT, EXIT_INTERRUPTED = 1, 130
+
+
+class StrictSkipError(RuntimeError):
+    """`strict=True` and some files were skipped; nothing was written under the final name."""
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How records are stored; recorded as "write" in the sidecar."""
+
+    max_side: int = DEFAULT_MAX_SIDE
+    write_mode: str = DEFAULT_WRITE_MODE
+    compress_probability: float = DEFAULT_COMPRESS_PROBABILITY
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    seed: int = 0  # seeds the JPEG-or-raw choice of each record
+
+    def __post_init__(self):
+        if not 1 <= self.max_side <= MAX_FFCV_SIDE:
+            raise ValueError(f"max_side must be in 1..{MAX_FFCV_SIDE} (FFCV stores uint16 "
+                             f"sizes), got {self.max_side}")
+        if self.write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, "
+                             f"got {self.write_mode!r}")
+        if not 0 <= self.compress_probability <= 1:
+            raise ValueError(f"compress_probability must be in [0, 1], "
+                             f"got {self.compress_probability}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+    @property
+    def jpeg_share(self) -> float:
+        return {"jpg": 1.0, "raw": 0.0}.get(self.write_mode, self.compress_probability)
+
+
+@dataclass
+class WriteResult:
+    beton: Path
+    num_records: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    class_counts: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _check_workers(workers: int | None) -> int:
+    workers = os.cpu_count() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return workers
+
+
+def _resolve_classes(classes, source: Path) -> list[str]:
+    if classes is None:
+        return list_classes(source)
+    if isinstance(classes, (list, tuple)):
+        return list(classes)
+    path = Path(classes).expanduser()
+    if path.is_dir():
+        return list_classes(path)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            return list(json.loads(path.read_text())["classes"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a beton sidecar with a class list ({err})") from None
+    raise ValueError(f"classes {path}: expected a train ImageFolder or a train .beton.json sidecar")
+
+
+def _plan(source, classes, val_labels, synsets):
+    """(samples, classes, pre-skipped, source) of one split: listing and labels, no decoding."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise ValueError(f"input folder {source} does not exist or is not a folder")
+    if val_labels is None:
+        classes = _resolve_classes(classes, source)
+        return list_image_folder(source, classes), classes, [], source
+    if classes is None:
+        raise ValueError("the flat validation layout needs the train classes: pass --train "
+                         "or --classes (train folder or train sidecar)")
+    classes = _resolve_classes(classes, source)
+    samples, unlabelled = flat_val_samples(source, read_val_labels(val_labels, synsets), classes)
+    return samples, classes, unlabelled, source
+
+
+def _check_output(beton: Path) -> None:
+    try:
+        beton.parent.mkdir(parents=True, exist_ok=True)
+        probe = beton.parent / f".{beton.name}.probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write to output folder {beton.parent} "
+                         f"({err.strerror or err})") from None
+    if beton.is_dir():
+        raise ValueError(f"output {beton} is a folder, expected a .beton file name")
+
+
+def write_beton(source, out, *, classes=None, val_labels=None, synsets=None,
+                max_side: int = DEFAULT_MAX_SIDE, write_mode: str = DEFAULT_WRITE_MODE,
+                compress_probability: float = DEFAULT_COMPRESS_PROBABILITY,
+                jpeg_quality: int = DEFAULT_JPEG_QUALITY, seed: int = 0,
+                workers: int | None = None, strict: bool = False, progress: bool = True,
+                split: str | None = None) -> WriteResult:
+    """Write one split to `out` (a .beton path) with its sidecar and skip report.
+
+    `classes`: the class names (list), a train ImageFolder or a train sidecar; default: the
+    sorted sub-folders of `source`. `val_labels` (+ `synsets`): read `source` as ImageNet's flat
+    validation layout. Raises ValueError for bad input, StrictSkipError under `strict`.
+    """
+    options = WriteOptions(max_side, write_mode, compress_probability, jpeg_quality, seed)
+    workers = _check_workers(workers)
+    plan = _plan(source, classes, val_labels, synsets)
+    return _write_planned(plan, Path(out).expanduser(), options, workers, strict, progress, split)
+
+
+def _write_report(beton: Path, skipped) -> Path:
+    report = Path(str(beton) + REPORT_SUFFIX)
+    lines = ["# path\treason (files not written to " + beton.name + ")"]
+    lines += [f"{path}\t{reason}" for path, reason in skipped]
+    partial_path = report.with_name(report.name + PARTIAL_SUFFIX)
+    partial_path.write_text("\n".join(lines) + "\n")
+    os.replace(partial_path, report)
+    return report
+
+
+def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, strict: bool,
+                   progress: bool, split: str | None = None) -> WriteResult:
+    from ffcv.fields import IntField, RGBImageField
+
+    start = time.perf_counter()
+    samples, classes, skipped, source = plan
+    split = split or beton.stem
+    _check_output(beton)
+    good, bad, raw_bytes = scan(samples, options.max_side, workers, progress, split)
+    skipped = skipped + bad
+    _write_report(beton, skipped)
+    if strict and skipped:
+        raise StrictSkipError(f"{split}: {len(skipped)} files skipped and --strict is set; "
+                              f"nothing written (see {beton}{REPORT_SUFFIX})")
+    if not good:
+        raise ValueError(f"{split}: no decodable image in {source}")
+    page = page_size(options.max_side)
+    check_free_space(beton, raw_bytes, options.jpeg_share, workers, page)
+    fields = {"image": RGBImageField(write_mode=options.write_mode,
+                                     max_resolution=options.max_side,
+                                     jpeg_quality=options.jpeg_quality,
+                                     compress_probability=options.compress_probability),
+              "label": IntField()}
+    assert {name: type(f) for name, f in fields.items()} == FIELDS
+    partial_path = beton.with_name(beton.name + PARTIAL_SUFFIX)
+    partial_path.unlink(missing_ok=True)  # new inode: orphans of a killed run write elsewhere
+    try:
+        ffcv_write(partial_path, BetonRecords(good, options.max_side, options.seed), workers,
+                   fields, page)
+        counts = np.bincount([label for _, label in good], minlength=len(classes)).tolist()
+        info = {"format": SIDECAR_FORMAT, "split": split, "source": str(source.resolve()),
+                "classes": classes, "class_counts": counts, "num_records": len(good),
+                "skipped": len(skipped), "report": beton.name + REPORT_SUFFIX,
+                "write": asdict(options), "file_size": partial_path.stat().st_size,
+                "fingerprint": fingerprint(partial_path),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.replace(partial_path, beton)
+        write_json_atomic(sidecar_path(beton), info)
+    finally:
+        partial_path.unlink(missing_ok=True)
+    return WriteResult(beton, len(good), skipped, counts, time.perf_counter() - start)
+
+
+def _summary(result: WriteResult, classes: list[str]) -> str:
+    size = result.beton.stat().st_size
+    empty = [name for name, count in zip(classes, result.class_counts) if count == 0]
+    lines = [f"{result.beton.stem}: {result.num_records} records, {len(classes)} classes -> "
+             f"{result.beton} ({size / 1e6:.1f} MB) in {result.seconds:.1f} s"]
+    if empty:
+        lines.append(f"  warning: no image for {len(empty)} classes: {', '.join(empty[:10])}")
+    if result.skipped:
+        lines.append(f"  skipped {len(result.skipped)} files "
+                     f"(all in {result.beton}{REPORT_SUFFIX}):")
+        lines += [f"    {path}: {reason}" for path, reason in result.skipped[:SUMMARY_LINES]]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m resnext_lit write-beton",
+        description="ImageFolder trees -> FFCV .beton files (+ .json sidecars, skip reports).",
+        epilog="exit status: 0 written (skipped files are listed, not fatal), 1 files skipped "
+               "under --strict, 2 bad arguments, 130 interrupted; never a half-written .beton")
+    p.add_argument("--train", help="train ImageFolder: ROOT/<class>/<image>")
+    p.add_argument("--val", help="val ImageFolder, or ImageNet's flat val folder with --val-labels")
+    p.add_argument("--val-labels",
+                   help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
+    p.add_argument("--synsets", help="devkit meta.mat, or one WNID per line in ILSVRC2012_ID order")
+    p.add_argument("--classes", help="for --val without --train: the train folder or train sidecar")
+    p.add_argument("--out", required=True, help="output folder for <split>.beton")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longer side cap in px (default %(default)s)")
+    p.add_argument("--write-mode", default=DEFAULT_WRITE_MODE, choices=WRITE_MODES,
+                   help="JPEG or raw pixels per record (default %(default)s)")
+    p.add_argument("--compress-probability", type=float, default=DEFAULT_COMPRESS_PROBABILITY,
+                   help="share stored as JPEG in proportion mode (default %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
+                   help="default %(default)s")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the JPEG-or-raw choice per record")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 1, no .beton) if any file is skipped")
+    p.add_argument("--no-progress", action="store_true", help="no scan progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not (args.train or args.val):
+        raise ValueError("nothing to write: pass --train and/or --val")
+    if args.val_labels and not args.val:
+        raise ValueError("--val-labels needs --val (the flat validation folder)")
+    out = Path(args.out).expanduser()
+    options = WriteOptions(args.max_side, args.write_mode, args.compress_probability,
+                           args.jpeg_quality, args.seed)
+    workers = _check_workers(args.workers)
+    beton = None
+    try:
+        # Plan every split before writing any, so a bad val argument fails in seconds, not hours.
+        plans = []
+        if args.train:
+            plans.append(("train", _plan(args.train, args.classes, None, None)))
+        if args.val:
+            classes = plans[0][1][1] if plans else args.classes
+            plans.append(("val", _plan(args.val, classes, args.val_labels, args.synsets)))
+        for split, plan in plans:
+            beton = out / f"{split}.beton"
+            result = _write_planned(plan, beton, options, workers, args.strict,
+                                    not args.no_progress, split)
+            print(_summary(result, plan[1]))
+    except StrictSkipError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_SKIPPED_STRICT
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing written under {beton or out}")
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,233 @@
+"""`FFCVDataModule`: .beton files -> uint8 NCHW batches, fast, and exact under DDP.
+
+    python -m resnext_lit fit --config configs/imagenet_paper.yaml \
+        --config configs/data/imagenet_ffcv.yaml
+
+    dm = FFCVDataModule("betons/train.beton", "betons/val.beton", batch_size=256, num_workers=8)
+    dm.num_classes                      # from the writer's sidecar, checked against the file
+
+Train: FFCV's RandomResizedCropRGBImageDecoder (Inception crop: 8%-100% of the area, aspect
+3/4-4/3, as the paper's Sec. 4 via Szegedy et al.) at `res`, then a random horizontal flip. Val:
+the center crop of side 224/256 of the shorter side (`CROP_RATIO`) resized to `val_res`. Both
+hand out uint8 [N, 3, H, W] (a channels-last view) and int64 [N]; the LightningModule
+normalises on the device. `batch_size` is per process (per GPU).
+
+Under DDP, training is sharded by FFCV's `distributed=True` (the DistributedSampler order: ranks
+disjoint, reshuffled every epoch from `seed`); validation gives each rank a contiguous unpadded
+slice (`shards.rank_slice`), so `val/top1_err` is the error of the whole split. Loaders are
+built in the dataloader hooks (the process group exists by then), each with fresh op lists
+because FFCV keeps state in the ops it is given. FFCV reuses its batch buffers; its queue is one
+place shorter here so the two batches Lightning holds at a time are never refilled under it.
+
+`ProgressiveResizing` (ffcv-imagenet's low-res-first training) is a callback:
+    trainer: {callbacks: [{class_path: resnext_lit.data.ffcv.ProgressiveResizing,
+                           init_args: {min_res: 160, max_res: 192, start_ramp: 65, end_ramp: 76}}]}
+"""
+
+from __future__ import annotations
+
+from queue import Queue
+from typing import Literal
+
+import numba
+import numpy as np
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.pipeline.compiler import Compiler
+from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning import Callback, LightningDataModule
+
+from . import CROP_RATIO, INCEPTION_RATIO, INCEPTION_SCALE
+from .shards import clip_workers, rank_and_world, rank_slice, usable_cores
+from .sidecar import read_beton_info
+
+RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
+MIN_BATCHES_AHEAD = 2  # one batch queued while Lightning holds two (`_HeldBatchesIterator`)
+ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}
+
+
+class _HeldBatchesIterator(EpochIterator):
+    """FFCV refills a batch's buffers `batches_ahead + 2` batches later: safe for a consumer that
+    holds one batch. Lightning holds two (it prefetches the next to know which is last), and
+    the producer would overwrite the batch in use; one queue place fewer keeps both intact."""
+
+    def start(self) -> None:  # called at the end of __init__, before the producer runs
+        self.output_queue = Queue(self.loader.batches_ahead - 1)
+        super().start()
+
+
+class _LightningLoader(Loader):
+    """FFCV's Loader whose epochs run on `_HeldBatchesIterator` (its __iter__, re-stated)."""
+
+    def __iter__(self):
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return _HeldBatchesIterator(self, order[:len(self) * self.batch_size])
+
+
+class _TrainLoader(_LightningLoader):
+    """An FFCV Loader that, at every epoch start, takes the epoch from the Trainer (so FFCV's
+    per-epoch shuffle follows the real epoch, also after a resume) and the decode resolution
+    from the DataModule (so `ProgressiveResizing` can change it)."""
+
+    def __init__(self, *args, datamodule: "FFCVDataModule", decoder, **kwargs):
+        self._datamodule, self._decoder = datamodule, decoder
+        super().__init__(*args, **kwargs)
+
+    def __iter__(self):
+        trainer = self._datamodule.trainer
+        if trainer is not None:
+            self.next_epoch = trainer.current_epoch
+        res = self._datamodule.train_res(self.next_epoch)
+        # FFCV sizes the batch buffers from the decoder at every epoch start and its compiled
+        # code is size-agnostic, so a new resolution needs no recompilation.
+        self._decoder.output_size = (res, res)
+        return super().__iter__()
+
+
+class FFCVDataModule(LightningDataModule):
+    """Train and val .beton files written by `python -m resnext_lit write-beton`.
+
+    Args:
+        train_path, val_path: the .beton files; each needs its `.json` sidecar next to it.
+        batch_size: images per process per step; val_batch_size defaults to it.
+        res: train resolution (`image_size`); `ProgressiveResizing` overrides it per epoch.
+        val_res: validation resolution of the 224/256 center crop.
+        crop_scale: area range of the random crop (paper: 0.08-1).
+        flip: random horizontal flip in training.
+        num_workers: FFCV decoding threads per process, capped at the usable cores.
+        order: "random", or "quasi_random" (less disk reading; needs os_cache=False, one process).
+        os_cache: let the OS page cache hold the file (else FFCV's own process cache).
+        batches_ahead: batch buffers FFCV fills in advance (>= 2; one of them is the batch
+            Lightning prefetches, so `batches_ahead - 1` wait in FFCV's queue).
+        seed: shuffling seed; epoch e uses seed and e, so every epoch reshuffles reproducibly.
+    """
+
+    def __init__(self, train_path: str, val_path: str, batch_size: PositiveInt = 256,
+                 val_batch_size: PositiveInt | None = None, res: PositiveInt = 224,
+                 val_res: PositiveInt = 224, crop_scale: tuple[float, float] = INCEPTION_SCALE,
+                 flip: bool = True, num_workers: PositiveInt = 8,
+                 order: Literal["random", "quasi_random"] = "random", os_cache: bool = True,
+                 batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0):
+        super().__init__()
+        for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
+                            ("val_batch_size", val_batch_size or 1),
+                            ("batches_ahead", batches_ahead), ("num_workers", num_workers)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        if batches_ahead < MIN_BATCHES_AHEAD:
+            raise ValueError(f"data.batches_ahead must be >= {MIN_BATCHES_AHEAD} (Lightning holds "
+                             f"two batches at a time), got {batches_ahead}")
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        if order not in ORDERS:
+            raise ValueError(f"data.order must be one of {', '.join(ORDERS)}, got {order!r}")
+        if order == "quasi_random" and os_cache:
+            raise ValueError("data.order=quasi_random needs data.os_cache=false "
+                             "(FFCV plans its reads over its own page cache)")
+        self.save_hyperparameters()
+        train_info, val_info = read_beton_info(train_path), read_beton_info(val_path)
+        if val_info["classes"] != train_info["classes"]:
+            raise ValueError(f"{val_path} was written with other classes than {train_path} "
+                             f"({len(val_info['classes'])} vs {len(train_info['classes'])}); "
+                             "write val with --train or --classes pointing at the train split")
+        self.num_classes: int = len(train_info["classes"])
+        self.classes: list[str] = train_info["classes"]
+        self.num_train, self.num_val = train_info["num_records"], val_info["num_records"]
+        self.image_size: int = res
+        self.batch_size: int = batch_size
+        self.val_batch_size: int = val_batch_size or batch_size
+        # FFCV hands num_workers to numba, which refuses more threads than it was started with.
+        cores = min(usable_cores(), numba.config.NUMBA_NUM_THREADS)
+        self.num_workers = clip_workers(num_workers, cores)
+        self.res_schedule = None  # set by ProgressiveResizing: epoch -> resolution
+
+    def train_res(self, epoch: int) -> int:
+        return self.res_schedule(epoch) if self.res_schedule else self.hparams.res
+
+    def setup(self, stage: str) -> None:
+        _, world = rank_and_world(self.trainer)
+        if self.hparams.order == "quasi_random" and world > 1:
+            raise ValueError("data.order=quasi_random works on one process only (FFCV); "
+                             "use data.order=random under DDP")
+
+    def _common(self) -> dict:
+        hp = self.hparams
+        return dict(num_workers=self.num_workers, os_cache=hp.os_cache,
+                    batches_ahead=hp.batches_ahead)
+
+    @staticmethod
+    def _label_ops() -> list:
+        return [IntDecoder(), ToTensor(), Squeeze(1)]  # [N, 1] int64 -> [N]
+
+    def train_dataloader(self) -> Loader:
+        hp = self.hparams
+        _, world = rank_and_world(self.trainer)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        res = self.train_res(epoch)
+        decoder = RandomResizedCropRGBImageDecoder((res, res), scale=tuple(hp.crop_scale),
+                                                   ratio=INCEPTION_RATIO)
+        # Numba ops (decode, flip) before ToTensor; ToTorchImage is a free NHWC->NCHW view.
+        image_ops = [decoder] + ([RandomHorizontalFlip()] if hp.flip else []) + \
+            [ToTensor(), ToTorchImage()]
+        return _TrainLoader(hp.train_path, batch_size=self.batch_size, order=ORDERS[hp.order],
+                            distributed=world > 1, seed=hp.seed, drop_last=True,
+                            pipelines={"image": image_ops, "label": self._label_ops()},
+                            datamodule=self, decoder=decoder, **self._common())
+
+    def val_dataloader(self) -> Loader:
+        hp = self.hparams
+        rank, world = rank_and_world(self.trainer)
+        share = rank_slice(self.num_val, rank, world)
+        image_ops = [CenterCropRGBImageDecoder((hp.val_res, hp.val_res), ratio=CROP_RATIO),
+                     ToTensor(), ToTorchImage()]
+        # distributed=False plus this rank's indices: FFCV's distributed mode pads with duplicates.
+        return _LightningLoader(hp.val_path, batch_size=self.val_batch_size,
+                                order=OrderOption.SEQUENTIAL, drop_last=False,
+                                indices=np.arange(share.start, share.stop, dtype=np.uint64),
+                                pipelines={"image": image_ops, "label": self._label_ops()},
+                                **self._common())
+
+    test_dataloader = val_dataloader
+
+
+class ProgressiveResizing(Callback):
+    """Train at `min_res` up to epoch `start_ramp`, then grow linearly to `max_res` at epoch
+    `end_ramp`, in multiples of 32 px (ffcv-imagenet; low resolution early is cheaper and costs
+    little accuracy). Needs `FFCVDataModule`; logs `train/res` every epoch."""
+
+    def __init__(self, min_res: PositiveInt, max_res: PositiveInt, start_ramp: NonNegativeInt,
+                 end_ramp: NonNegativeInt):
+        super().__init__()
+        if min_res % RES_STEP or max_res % RES_STEP or not 0 < min_res <= max_res:
+            raise ValueError(f"ProgressiveResizing: min_res ({min_res}) <= max_res ({max_res}) "
+                             f"must be positive multiples of {RES_STEP}")
+        if not 0 <= start_ramp <= end_ramp:
+            raise ValueError(f"ProgressiveResizing: need 0 <= start_ramp ({start_ramp}) <= "
+                             f"end_ramp ({end_ramp})")
+        self.min_res, self.max_res = min_res, max_res
+        self.start_ramp, self.end_ramp = start_ramp, end_ramp
+
+    def resolution(self, epoch: int) -> int:
+        if epoch <= self.start_ramp:
+            return self.min_res
+        if epoch >= self.end_ramp:
+            return self.max_res
+        progress = (epoch - self.start_ramp) / (self.end_ramp - self.start_ramp)
+        res = self.min_res + progress * (self.max_res - self.min_res)
+        return int(round(res / RES_STEP)) * RES_STEP
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not isinstance(trainer.datamodule, FFCVDataModule):
+            raise ValueError("ProgressiveResizing needs data: FFCVDataModule, got "
+                             f"{type(trainer.datamodule).__name__}")
+        trainer.datamodule.res_schedule = self.resolution
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        pl_module.log("train/res", float(self.resolution(trainer.current_epoch)))

@@ -1,0 +1,142 @@
+"""`ImageFolderDataModule`: JPEG folders -> the same crops and batches as `FFCVDataModule`, with
+torchvision transforms and a torch DataLoader. For users without betons, and the baseline the
+FFCV path is benchmarked against.
+
+    python -m resnext_lit fit --config configs/imagenet_paper.yaml \
+        --config configs/data/imagenet_folder.yaml
+
+    dm = ImageFolderDataModule("~/imagenet/train", "~/imagenet/val",
+                               val_labels="~/imagenet/LOC_val_solution.csv")
+
+Train: RandomResizedCrop (area 8%-100%, aspect 3/4-4/3) at `res` + horizontal flip. Val: the
+center square of side 224/256 of the shorter side, resized to `val_res` (FFCV's center crop,
+same geometry). Batches: uint8 [N, 3, H, W] and int64 [N]. Class indices are the train folder's
+sorted names; val may be an ImageFolder tree or ImageNet's flat layout (`val_labels`). Files are
+decoded by `images.load_rgb`, as the writer does; unlike the writer, a broken file stops the
+run (screening 1.28M files at every start would cost minutes), naming the file.
+Under DDP the val split is sharded exactly (`shards.ExactShardSampler`), like the FFCV module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from . import CROP_RATIO, INCEPTION_RATIO, INCEPTION_SCALE
+from .images import BadImage, list_classes, list_image_folder, load_rgb
+from .imagenet_val import flat_val_samples, read_val_labels
+from .shards import ExactShardSampler, clip_workers, rank_and_world
+
+
+
+class CenterCropRatio(torch.nn.Module):
+    """The center square whose side is `ratio` x the shorter side: FFCV's `get_center_crop`."""
+
+    def __init__(self, ratio: float = CROP_RATIO):
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        side = int(self.ratio * min(height, width))
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[..., top:top + side, left:left + side]
+
+
+def train_transform(res: int, scale=INCEPTION_SCALE, flip: bool = True) -> v2.Compose:
+    ops = [v2.RandomResizedCrop(res, scale=scale, ratio=INCEPTION_RATIO, antialias=True)]
+    return v2.Compose(ops + ([v2.RandomHorizontalFlip()] if flip else []))
+
+
+def val_transform(val_res: int) -> v2.Compose:
+    return v2.Compose([CenterCropRatio(CROP_RATIO), v2.Resize((val_res, val_res), antialias=True)])
+
+
+class ImageFiles(Dataset):
+    """(uint8 [3, H, W] after `transform`, label) for a list of (path, label)."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        try:
+            image = torch.from_numpy(load_rgb(path)).permute(2, 0, 1)
+        except BadImage as err:
+            raise RuntimeError(f"{path}: {err} (the .beton writer skips and reports such "
+                               "files)") from None
+        return self.transform(image), label
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Train/val image folders with the paper's crops.
+
+    Args:
+        train_dir: ImageFolder tree ROOT/<class>/<image>; its sorted folder names are the classes.
+        val_dir: ImageFolder tree with (a subset of) the same class folders, or ImageNet's flat
+            val folder when `val_labels` is given.
+        val_labels, synsets: ImageNet ground truth (see `resnext_lit.data.imagenet_val`).
+        batch_size: images per process per step; val_batch_size defaults to it.
+        res, val_res, crop_scale, flip: as `FFCVDataModule`.
+        num_workers: DataLoader worker processes, capped at the usable cores.
+    """
+
+    def __init__(self, train_dir: str, val_dir: str, val_labels: str | None = None,
+                 synsets: str | None = None, batch_size: PositiveInt = 256,
+                 val_batch_size: PositiveInt | None = None, res: PositiveInt = 224,
+                 val_res: PositiveInt = 224, crop_scale: tuple[float, float] = INCEPTION_SCALE,
+                 flip: bool = True, num_workers: NonNegativeInt = 8):
+        super().__init__()
+        for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
+                            ("val_batch_size", val_batch_size or 1)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        self.save_hyperparameters()
+        self.classes: list[str] = list_classes(train_dir)  # a directory listing: cheap
+        if val_labels is None:
+            list_classes(val_dir)  # fail now, not after the first epoch, on a missing val tree
+        elif not Path(val_dir).expanduser().is_dir():
+            raise ValueError(f"validation folder {val_dir} does not exist or is not a folder")
+        self.num_classes: int = len(self.classes)
+        self.image_size: int = res
+        self.batch_size: int = batch_size
+        self.val_batch_size: int = val_batch_size or batch_size
+        self.num_workers = clip_workers(num_workers)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            self.train_set = ImageFiles(list_image_folder(hp.train_dir, self.classes),
+                                        train_transform(hp.res, tuple(hp.crop_scale), hp.flip))
+        if hp.val_labels is None:
+            val = list_image_folder(hp.val_dir, self.classes)
+        else:
+            labels = read_val_labels(hp.val_labels, hp.synsets)
+            val, _ = flat_val_samples(hp.val_dir, labels, self.classes)
+        self.val_set = ImageFiles(val, val_transform(hp.val_res))
+
+    def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(dataset, batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        # Under DDP Lightning swaps in a shuffling DistributedSampler (reshuffled per epoch).
+        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = rank_and_world(self.trainer)
+        sampler = ExactShardSampler(self.val_set, world, rank) if world > 1 else None
+        return self._loader(self.val_set, self.val_batch_size, sampler=sampler)
+
+    test_dataloader = val_dataloader

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Multi-node training with torchrun (no SLURM). Run the same command on every node:
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 scripts/torchrun_train.sh --model.arch resnext50_32x4d
+# Lightning reads the ranks that torchrun sets (TorchElasticEnvironment).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
+.venv/bin/torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
+  --nproc_per_node "$GPUS" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port 29500 \
+  -m resnext_lit fit --config configs/imagenet_paper.yaml --config configs/trainer/ddp.yaml \
+  --trainer.num_nodes "${NNODES:-1}" --trainer.devices "$GPUS" "$@"

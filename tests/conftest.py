@@ -1,0 +1,110 @@
+"""Shared fixtures. Names start with the owning feature (`beton_`, `ffcv_`) so files don't clash."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BETON_CLASSES = ("n01440764", "n01443537", "n01484850")  # real ImageNet WNIDs, sorted
+BETON_PER_CLASS = 100
+BETON_MAX_SIDE = 64  # small records keep the tests fast; the huge image must shrink to this
+BETON_HUGE_SIDE = 2400
+BETON_COLOR_STEP = 40  # flat colours this far apart identify each image after JPEG and crops
+
+
+def _colours():
+    levels = range(0, 256, BETON_COLOR_STEP)
+    return itertools.cycle(itertools.product(levels, levels, levels))
+
+
+def _write_varied_folder(root: Path, per_class: int = BETON_PER_CLASS, seed: int = 0) -> dict:
+    """An ImageFolder of flat-colour images of varied sizes and every awkward kind of file.
+
+    Returns {"root", "good": [(path, label)] in ImageFolder order, "bad": {path: kind}}.
+    """
+    rng = np.random.default_rng(seed)
+    colours = _colours()
+    good, bad = [], {}
+    for label, name in enumerate(BETON_CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            width, height = (int(v) for v in rng.integers(24, 120, size=2))
+            rgb = Image.new("RGB", (width, height), next(colours))
+            kind = i % 10
+            path = folder / f"img_{i:03d}.jpg"
+            if kind == 1:
+                rgb.convert("L").save(path, quality=95)
+            elif kind == 2:
+                rgb.convert("CMYK").save(path, quality=95)
+            elif kind == 3:
+                path = path.with_suffix(".png")
+                rgba = rgb.convert("RGBA")
+                rgba.putalpha(128)
+                rgba.save(path)
+            elif kind == 4:
+                rgb.save(path, format="PNG")  # a PNG named .jpg
+            elif kind == 5:
+                path = path.with_suffix(".png")
+                rgb.convert("P").save(path, transparency=0)  # palette with transparency
+            else:
+                rgb.save(path, quality=95)
+            good.append((str(path), label))
+        huge = folder / "huge.jpg"
+        Image.new("RGB", (BETON_HUGE_SIDE, BETON_HUGE_SIDE * 2 // 3), next(colours)).save(huge)
+        good.append((str(huge), label))
+        (folder / "notes.txt").write_text("not an image: ignored, like torchvision does")
+    first = root / BETON_CLASSES[0]
+    (first / "zero.jpg").write_bytes(b"")
+    bad[str(first / "zero.jpg")] = "zero-byte"
+    Image.new("RGB", (90, 90), (10, 200, 30)).save(first / "truncated.jpg", quality=95)
+    data = (first / "truncated.jpg").read_bytes()
+    (first / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    bad[str(first / "truncated.jpg")] = "truncated"
+    (root / BETON_CLASSES[1] / "garbage.jpg").write_bytes(rng.bytes(5000))
+    bad[str(root / BETON_CLASSES[1] / "garbage.jpg")] = "undecodable"
+    good.sort(key=lambda s: (s[1], s[0]))  # ImageFolder order: class, then path
+    return {"root": root, "good": good, "bad": bad}
+
+
+def _write_flat_val(root: Path, labels: list[int], size: int = 40) -> Path:
+    """ImageNet's flat val layout: ILSVRC2012_val_{i:08d}.JPEG, i from 1, one per label."""
+    root.mkdir(parents=True)
+    colours = _colours()
+    for i, _ in enumerate(labels, start=1):
+        Image.new("RGB", (size, size + i % 7), next(colours)).save(
+            root / f"ILSVRC2012_val_{i:08d}.JPEG", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def beton_make_folder():
+    """Factory: (root, per_class=..., seed=...) -> the varied ImageFolder dict described below."""
+    return _write_varied_folder
+
+
+@pytest.fixture(scope="session")
+def beton_make_flat_val():
+    """Factory: (root, labels) -> a flat ImageNet-style val folder with len(labels) images."""
+    return _write_flat_val
+
+
+@pytest.fixture(scope="session")
+def beton_varied_folder(tmp_path_factory) -> dict:
+    """The generated ImageFolder (3 classes, ~300 images, 3 bad files); read-only for tests."""
+    return _write_varied_folder(tmp_path_factory.mktemp("varied") / "train")
+
+
+@pytest.fixture(scope="session")
+def beton_varied_written(beton_varied_folder, tmp_path_factory) -> dict:
+    """`beton_varied_folder` written once with the writer: adds "beton" and "result"."""
+    from resnext_lit.data.beton import write_beton
+
+    out = tmp_path_factory.mktemp("betons") / "train.beton"
+    result = write_beton(beton_varied_folder["root"], out, max_side=BETON_MAX_SIDE, workers=2,
+                         progress=False)
+    return {**beton_varied_folder, "beton": out, "result": result}

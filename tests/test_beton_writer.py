@@ -1,0 +1,277 @@
+"""The .beton writer: records, sidecar, skip report, ImageNet val layouts, bad input, atomicity.
+
+    .venv/bin/python -m pytest -q tests/test_beton_writer.py
+
+Record contents are read back with FFCV's Reader (metadata only: no numba compilation here);
+pixels are checked through the FFCVDataModule in test_ffcv_datamodule.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffcv.reader import Reader
+from PIL import Image
+from scipy.io import savemat
+
+from resnext_lit.cli import main as cli
+from resnext_lit.data.beton import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
+from resnext_lit.data.images import BadImage, load_rgb
+from resnext_lit.data.sidecar import read_beton_info, sidecar_path
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE_TIMEOUT_S = 120  # a hung writer fails the test instead of the whole run
+COMMON = ["--max-side", "32", "--workers", "2", "--no-progress"]
+
+
+def labels_of(beton) -> list[int]:
+    return Reader(str(beton)).metadata["f1"].tolist()
+
+
+def images_of(beton) -> np.ndarray:
+    return Reader(str(beton)).metadata["f0"]
+
+
+@contextmanager
+def deadline(seconds: int):
+    def fail(*_):
+        raise TimeoutError(f"still running after {seconds} s: the writer hangs")
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_records_sidecar_and_report(beton_varied_written):
+    written = beton_varied_written
+    beton, good, bad = written["beton"], written["good"], written["bad"]
+    info = read_beton_info(beton)
+    classes = sorted(p.name for p in written["root"].iterdir())
+    assert info["classes"] == classes
+    assert info["num_records"] == len(good) == written["result"].num_records
+    assert info["class_counts"] == np.bincount([l for _, l in good], minlength=3).tolist()
+    assert info["skipped"] == len(bad) == 3
+    assert info["write"] == {"max_side": 64, "write_mode": "proportion",
+                             "compress_probability": 0.5, "jpeg_quality": 90, "seed": 0}
+    # ImageFolder order, every good file once with its label.
+    assert labels_of(beton) == [label for _, label in good]
+    # Bad files: listed with a reason, in the result and in the report.
+    assert {path for path, _ in written["result"].skipped} == set(bad)
+    report = Path(str(beton) + REPORT_SUFFIX).read_text().splitlines()[1:]
+    assert {line.split("\t")[0] for line in report} == set(bad)
+    assert all(line.split("\t")[1] for line in report)
+    # Every record fits the max side; the 2400 px images were shrunk to it exactly.
+    meta = images_of(beton)
+    sides = np.maximum(meta["width"], meta["height"])
+    assert sides.max() == 64
+    huge = [i for i, (path, _) in enumerate(good) if path.endswith("huge.jpg")]
+    assert sides[huge].tolist() == [64] * 3 and meta["height"][huge].tolist() == [42] * 3
+    assert set(meta["mode"].tolist()) == {0, 1}  # `proportion`: some JPEG, some raw
+
+
+def test_load_rgb_decodes_by_content(tmp_path):
+    colour = (200, 40, 90)
+    base = Image.new("RGB", (30, 20), colour)
+    cases = {"cmyk.jpg": base.convert("CMYK"), "gray.jpg": base.convert("L"),
+             "rgba.png": base.convert("RGBA"), "palette.png": base.convert("P")}
+    for name, image in cases.items():
+        image.save(tmp_path / name)
+    base.save(tmp_path / "png_named.jpg", format="PNG")
+    for name in [*cases, "png_named.jpg"]:
+        rgb = load_rgb(tmp_path / name)
+        assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8, name
+    gray = load_rgb(tmp_path / "gray.jpg")
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert np.abs(load_rgb(tmp_path / "png_named.jpg").astype(int) - colour).max() == 0
+    Image.new("RGB", (4000, 3000), colour).save(tmp_path / "huge.jpg")
+    assert load_rgb(tmp_path / "huge.jpg", max_side=500).shape == (375, 500, 3)
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "huge.jpg").read_bytes()[:3000])
+    (tmp_path / "junk.jpg").write_bytes(b"\x00\x01" * 500)
+    for name, reason in [("zero.jpg", "zero-byte"), ("cut.jpg", "cannot decode"),
+                         ("junk.jpg", "not an image")]:
+        with pytest.raises(BadImage, match=reason):
+            load_rgb(tmp_path / name)
+
+
+def _synsets_mat(path: Path, wnids_in_id_order: list[str]) -> None:
+    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    rows = [(k, w, f"words {k}", 0) for k, w in enumerate(wnids_in_id_order, start=1)]
+    rows.append((1001, "n00001740", "entity (not a leaf)", 3))
+    synsets = np.zeros((len(rows), 1), dtype=fields)
+    for i, row in enumerate(rows):
+        synsets[i, 0] = row
+    savemat(path, {"synsets": synsets})
+
+
+def test_flat_imagenet_val_layouts(tmp_path, beton_make_folder, beton_make_flat_val, capsys):
+    train = beton_make_folder(tmp_path / "train", per_class=4)["root"]
+    classes = sorted(p.name for p in train.iterdir())  # n01440764, n01443537, n01484850
+    # The devkit's ILSVRC2012_ID order is not the sorted order: ID 1 is the last folder here.
+    id_order = [classes[2], classes[0], classes[1]]
+    ids = [1, 2, 3, 3, 2, 1, 1, 3, 2]
+    expected = [classes.index(id_order[k - 1]) for k in ids]
+    val = beton_make_flat_val(tmp_path / "val", ids)
+    stray = (val / "ILSVRC2012_val_00000001.JPEG").read_bytes()
+    (val / "ILSVRC2012_val_00000099.JPEG").write_bytes(stray)
+    truth = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text("\n".join(map(str, ids)) + "\n")
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text("\n".join(f"{w} some words" for w in id_order) + "\n")
+
+    out = tmp_path / "devkit"
+    assert cli(["write-beton", "--train", str(train), "--val", str(val), "--val-labels",
+                str(truth), "--synsets", str(synsets), "--out", str(out), *COMMON]) == 0
+    assert labels_of(out / "val.beton") == expected
+    assert read_beton_info(out / "val.beton")["classes"] == classes
+    # An image the ground truth does not know is skipped and reported, not guessed.
+    assert "ILSVRC2012_val_00000099.JPEG" in (out / f"val.beton{REPORT_SUFFIX}").read_text()
+    assert "skipped 1 files" in capsys.readouterr().out
+
+    mat = tmp_path / "meta.mat"
+    _synsets_mat(mat, id_order)
+    assert cli(["write-beton", "--val", str(val), "--val-labels", str(truth), "--synsets",
+                str(mat), "--classes", str(train), "--out", str(tmp_path / "mat"), *COMMON]) == 0
+    assert labels_of(tmp_path / "mat" / "val.beton") == expected
+
+    kaggle = tmp_path / "LOC_val_solution.csv"
+    rows = [f"ILSVRC2012_val_{i:08d},{id_order[k - 1]} 1 2 30 40 {id_order[k - 1]} 3 4 5 6"
+            for i, k in enumerate(ids, start=1)]
+    kaggle.write_text("ImageId,PredictionString\n" + "\n".join(rows[::-1]) + "\n")
+    sidecar = str(sidecar_path(out / "train.beton"))  # classes from the train sidecar
+    assert cli(["write-beton", "--val", str(val), "--val-labels", str(kaggle), "--classes",
+                sidecar, "--out", str(tmp_path / "kaggle"), *COMMON]) == 0
+    assert labels_of(tmp_path / "kaggle" / "val.beton") == expected
+
+
+def test_strict_makes_skips_fatal(tmp_path, beton_make_folder, capsys):
+    train = beton_make_folder(tmp_path / "train", per_class=2)["root"]
+    out = tmp_path / "out"
+    assert cli(["write-beton", "--train", str(train), "--out", str(out), "--strict", *COMMON]) == 1
+    assert "3 files skipped" in capsys.readouterr().err
+    assert not (out / "train.beton").exists() and not sidecar_path(out / "train.beton").exists()
+    assert len((out / f"train.beton{REPORT_SUFFIX}").read_text().splitlines()) == 1 + 3
+
+
+def _bad_inputs(tmp: Path, make) -> dict:
+    good = make(tmp / "good", per_class=2)["root"]
+    empty = tmp / "empty"
+    (empty / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(empty / "a" / "x.jpg")
+    (empty / "b").mkdir()
+    (tmp / "a_file").write_text("")
+    truth = tmp / "truth.txt"
+    truth.write_text("1\n")
+    csv = tmp / "LOC_val_solution.csv"
+    csv.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n99999999 1 2 3 4\n")
+    flat = tmp / "flat"
+    flat.mkdir()
+    return {
+        "missing input": (["--train", str(tmp / "nope")], "nope"),
+        "empty class folder": (["--train", str(empty)], "empty/b"),
+        "output under a file": (["--train", str(good), "--out", str(tmp / "a_file" / "x")],
+                                "cannot write"),
+        "devkit without synsets": (["--train", str(good), "--val", str(flat), "--val-labels",
+                                    str(truth)], "--synsets"),
+        "unknown synset": (["--train", str(good), "--val", str(flat), "--val-labels", str(csv)],
+                           "n99999999"),
+        "no split": ([], "--train and/or --val"),
+        "bad max side": (["--train", str(good), "--max-side", "0"], "max_side"),
+    }
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, beton_make_folder, capsys):
+    cases = _bad_inputs(tmp_path, beton_make_folder)
+    for name, (args, culprit) in cases.items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        if "--out" not in args:
+            args = [*args, "--out", str(out)]
+        assert cli(["write-beton", *COMMON, *args]) == 2, name  # later flags win
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and culprit in err, (name, err)
+        assert not out.exists() or not list(out.glob("*.beton*")), name
+
+
+def test_failed_worker_leaves_nothing_and_rerun_succeeds(tmp_path, beton_make_folder, monkeypatch):
+    """A full disk kills FFCV's writer workers; FFCV alone would wait for them forever."""
+    from ffcv.memory_allocator import MemoryAllocator
+
+    train = beton_make_folder(tmp_path / "train", per_class=10)["root"]
+    beton = tmp_path / "out" / "train.beton"
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(MemoryAllocator, "flush_page", disk_full)  # forked workers inherit it
+    with deadline(WRITE_TIMEOUT_S), pytest.raises(RuntimeError, match="died with exit code"):
+        write_beton(train, beton, max_side=32, workers=2, progress=False)
+    assert sorted(p.name for p in beton.parent.iterdir()) == [f"train.beton{REPORT_SUFFIX}"]
+    monkeypatch.undo()
+    with deadline(WRITE_TIMEOUT_S):
+        result = write_beton(train, beton, max_side=32, workers=2, progress=False)
+    assert read_beton_info(beton)["num_records"] == result.num_records == 33
+
+
+def _noise_folder(root: Path, count: int, side: int = 200) -> Path:
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(count // 2):
+            pixels = rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i:04d}.png", compress_level=0)
+    return root
+
+
+def _interrupt_mid_write(source: Path, out: Path, sig: int) -> int:
+    """Start a real writer process, send `sig` once its .partial file exists, return its status."""
+    partial = out / f"train.beton{PARTIAL_SUFFIX}"
+    proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", "write-beton", "--train",
+                             str(source), "--out", str(out), "--write-mode", "raw",
+                             "--workers", "1", "--no-progress"], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        stop = time.monotonic() + WRITE_TIMEOUT_S
+        while not partial.exists() and proc.poll() is None and time.monotonic() < stop:
+            time.sleep(0.005)
+        assert partial.exists() and proc.poll() is None, "the writer was not caught mid-write"
+        proc.send_signal(sig)  # the main process only: as a crash, or Ctrl-C's SIGINT
+        return proc.wait(timeout=WRITE_TIMEOUT_S)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # workers orphaned by SIGKILL, in our session
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_interrupted_write_leaves_no_final_file_and_rerun_succeeds(tmp_path):
+    source = _noise_folder(tmp_path / "train", 300)
+    out = tmp_path / "out"
+    beton = out / "train.beton"
+
+    assert _interrupt_mid_write(source, out, signal.SIGINT) == 130
+    assert not beton.exists() and not sidecar_path(beton).exists()
+    assert not Path(str(beton) + PARTIAL_SUFFIX).exists()  # Ctrl-C cleans up after itself
+
+    assert _interrupt_mid_write(source, out, signal.SIGKILL) == -signal.SIGKILL
+    assert not beton.exists() and not sidecar_path(beton).exists()
+    assert Path(str(beton) + PARTIAL_SUFFIX).exists()  # a crash cannot; the rerun replaces it
+
+    with deadline(WRITE_TIMEOUT_S):
+        result = write_beton(source, beton, workers=2, progress=False)
+    assert read_beton_info(beton)["num_records"] == result.num_records == 300
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["train.beton", "train.beton.json", f"train.beton{REPORT_SUFFIX}"])

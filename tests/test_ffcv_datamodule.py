@@ -1,0 +1,278 @@
+"""FFCVDataModule and ImageFolderDataModule: the round trip from a messy ImageFolder to batches,
+one-line errors before any heavy work, exact val shards, progressive resizing.
+
+    .venv/bin/python -m pytest -q tests/test_ffcv_datamodule.py
+
+The first loader of the session pays FFCV's numba compilation (5-20 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from resnext_lit.data.beton import write_beton
+from resnext_lit.data.ffcv import FFCVDataModule, ProgressiveResizing
+from resnext_lit.data.folder import ImageFolderDataModule
+from resnext_lit.data.images import export_imagefolder, load_rgb
+from resnext_lit.data.shards import ExactShardSampler, rank_slice
+from resnext_lit.data.sidecar import sidecar_path
+
+COLOUR_TOLERANCE = 8  # 0-255 levels: JPEG at quality 90 and resizing of flat colours
+SLOW_CONSUMER_S = 0.03
+TINY = dict(num_workers=2, batch_size=32, res=48, val_res=40)
+
+
+def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """All batches (copied: FFCV reuses its batch buffers) as mean colours [N, 3] and labels."""
+    means, labels = [], []
+    for images, targets in loader:
+        assert images.dtype == torch.uint8 and targets.dtype == torch.int64
+        assert images.ndim == 4 and images.shape[1] == 3 and targets.shape == images.shape[:1]
+        means.append(images.float().mean((2, 3)))
+        labels.append(targets.clone())
+    return torch.cat(means), torch.cat(labels)
+
+
+def test_round_trip_every_good_image_once_with_its_label(beton_varied_written):
+    written = beton_varied_written
+    dm = FFCVDataModule(written["beton"], written["beton"], **TINY)
+    assert dm.num_classes == 3 and dm.image_size == 48 and dm.num_val == len(written["good"])
+
+    val = dm.val_dataloader()
+    images, _ = next(iter(val))
+    assert tuple(images.shape) == (32, 3, 40, 40)
+    means, labels = collect(val)
+    assert labels.tolist() == [label for _, label in written["good"]]  # all, once, in order
+    # Each record is its own file: flat colours, compared with the file decoded by PIL.
+    expected = torch.tensor(np.array([load_rgb(p).reshape(-1, 3).mean(0)
+                                      for p, _ in written["good"]]))
+    assert (means - expected).abs().max() < COLOUR_TOLERANCE
+
+    train = dm.train_dataloader()
+    images, labels = next(iter(train))
+    assert tuple(images.shape) == (32, 3, 48, 48) and labels.shape == (32,)
+    _, epoch_labels = collect(train)
+    assert len(epoch_labels) == len(written["good"]) // 32 * 32  # drop_last in training
+    assert set(epoch_labels.tolist()) <= {0, 1, 2}
+
+
+def test_batches_stay_intact_while_lightning_holds_two(beton_varied_written):
+    """Lightning fetches batch b+1 before it uses batch b. Plain FFCV then refills b's buffers
+    under it (this check fails on FFCV's own iterator); ours must leave both intact."""
+    beton = beton_varied_written["beton"]
+    dm = FFCVDataModule(beton, beton, **{**TINY, "batch_size": 16, "batches_ahead": 2})
+    for loader in (dm.val_dataloader(), dm.train_dataloader()):
+        batches = iter(loader)
+        held = next(batches)
+        snapshot = [t.clone() for t in held]
+        for following in batches:
+            time.sleep(SLOW_CONSUMER_S)  # a busy training step: FFCV's producer runs ahead
+            assert all(torch.equal(a, b) for a, b in zip(held, snapshot))
+            held, snapshot = following, [t.clone() for t in following]
+
+
+def _copy(beton, folder, with_sidecar=True):
+    folder.mkdir(exist_ok=True)
+    shutil.copy(beton, folder / beton.name)
+    if with_sidecar:
+        shutil.copy(sidecar_path(beton), sidecar_path(folder / beton.name))
+    return folder / beton.name
+
+
+def test_bad_betons_and_arguments_fail_in_one_line(beton_varied_written, tmp_path):
+    good = beton_varied_written["beton"]
+    size = good.stat().st_size
+    cases = {}
+    cases["missing"] = (tmp_path / "nope.beton", {}, "does not exist")
+    cases["no sidecar"] = (_copy(good, tmp_path / "a", with_sidecar=False), {}, "no sidecar")
+    truncated = _copy(good, tmp_path / "b")
+    truncated.write_bytes(good.read_bytes()[: size // 2])
+    cases["truncated"] = (truncated, {}, "bytes but its sidecar says")
+    garbage = _copy(good, tmp_path / "c")
+    garbage.write_bytes(np.random.default_rng(0).bytes(size))
+    cases["not a beton"] = (garbage, {}, "is not a .beton")
+    changed = _copy(good, tmp_path / "d")
+    data = bytearray(good.read_bytes())
+    data[size - 100] ^= 0xFF  # same size and header, different content
+    changed.write_bytes(bytes(data))
+    cases["content changed"] = (changed, {}, "fingerprint")
+    other = _copy(good, tmp_path / "e")
+    info = json.loads(sidecar_path(other).read_text())
+    sidecar_path(other).write_text(json.dumps({**info, "num_records": info["num_records"] - 1}))
+    cases["sidecar of another write"] = (other, {}, "holds 303 records but its sidecar says 302")
+    broken = _copy(good, tmp_path / "f")
+    sidecar_path(broken).write_text("{not json")
+    cases["corrupt sidecar"] = (broken, {}, "not valid JSON")
+    cases["bad val_res"] = (good, {"val_res": 0}, "data.val_res")
+    cases["one batch ahead"] = (good, {"batches_ahead": 1}, "data.batches_ahead")
+    cases["quasi random on os cache"] = (good, {"order": "quasi_random"}, "os_cache")
+    for name, (path, kwargs, message) in cases.items():
+        with pytest.raises(ValueError) as err:
+            FFCVDataModule(good, path, **{**TINY, **kwargs})
+        text = str(err.value)
+        assert message in text and "\n" not in text, (name, text)
+        if name not in ("bad val_res", "one batch ahead", "quasi random on os cache"):
+            assert str(path) in text, (name, text)
+
+    quasi = FFCVDataModule(good, good, **{**TINY, "order": "quasi_random", "os_cache": False})
+    quasi.trainer = SimpleNamespace(global_rank=0, world_size=2, current_epoch=0)
+    with pytest.raises(ValueError, match="one process only"):
+        quasi.setup("fit")  # FFCV's QUASI_RANDOM has no distributed mode
+
+    renamed = _copy(good, tmp_path / "g")
+    info = json.loads(sidecar_path(renamed).read_text())
+    sidecar_path(renamed).write_text(json.dumps({**info, "classes": ["x", "y", "z"]}))
+    with pytest.raises(ValueError, match="other classes"):
+        FFCVDataModule(good, renamed, **TINY)
+
+
+def test_workers_above_the_cores_are_clipped(beton_varied_written):
+    beton = beton_varied_written["beton"]
+    with pytest.warns(UserWarning, match="usable cores"):
+        dm = FFCVDataModule(beton, beton, **{**TINY, "num_workers": 512})
+    assert 1 <= dm.num_workers < 512
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FFCVDataModule(beton, beton, **{**TINY, "num_workers": 1}).num_workers == 1
+
+
+def test_val_shards_tile_the_split_exactly(beton_varied_written):
+    for count, world in [(303, 2), (303, 4), (10, 3), (7, 7)]:
+        shards = [rank_slice(count, rank, world) for rank in range(world)]
+        assert [i for shard in shards for i in shard] == list(range(count))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        samplers = [list(ExactShardSampler(range(count), world, rank)) for rank in range(world)]
+        assert sum(samplers, []) == list(range(count))
+    with pytest.raises(ValueError, match="cannot be split"):
+        rank_slice(2, 0, 3)
+
+    beton = beton_varied_written["beton"]
+    dm = FFCVDataModule(beton, beton, **TINY)
+    per_rank = []
+    for rank in range(3):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=3, current_epoch=0)
+        per_rank.append(collect(dm.val_dataloader())[1])
+    assert torch.cat(per_rank).tolist() == [label for _, label in beton_varied_written["good"]]
+
+
+def test_progressive_resizing_schedule():
+    schedule = ProgressiveResizing(min_res=160, max_res=192, start_ramp=65, end_ramp=76)
+    res = [schedule.resolution(epoch) for epoch in range(88)]
+    assert res[:66] == [160] * 66 and res[76:] == [192] * 12
+    assert all(r % 32 == 0 for r in res) and res == sorted(res)
+    assert res.index(192) == 71  # past the midpoint, 176 rounds up to 192 (ffcv-imagenet's rule)
+    for bad in [dict(min_res=100, max_res=192), dict(min_res=224, max_res=192),
+                dict(start_ramp=5, end_ramp=4)]:
+        with pytest.raises(ValueError, match="ProgressiveResizing"):
+            ProgressiveResizing(**{**dict(min_res=160, max_res=192, start_ramp=1, end_ramp=3),
+                                   **bad})
+
+
+class ShapeRecorder(L.LightningModule):
+    """Records the first train batch shape of every epoch; learns nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 3)
+        self.shapes: dict[int, tuple] = {}
+
+    def training_step(self, batch, batch_idx):
+        images, _ = batch
+        self.shapes.setdefault(self.current_epoch, tuple(images.shape))
+        return self.layer(images.float().mean((2, 3))).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _trainer(epochs: int, callbacks=()) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=2,
+                     limit_val_batches=0, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=list(callbacks))
+
+
+@pytest.mark.slow
+def test_progressive_resizing_changes_batch_resolution_at_the_right_epochs(beton_varied_written):
+    beton = beton_varied_written["beton"]
+    dm = FFCVDataModule(beton, beton, **TINY)
+    module = ShapeRecorder()
+    resizing = ProgressiveResizing(min_res=32, max_res=96, start_ramp=1, end_ramp=3)
+    _trainer(5, [resizing]).fit(module, dm)
+    sides = [module.shapes[epoch][2:] for epoch in range(5)]
+    assert sides == [(32, 32), (32, 32), (64, 64), (96, 96), (96, 96)]
+
+    folder = ImageFolderDataModule(beton_varied_written["root"], beton_varied_written["root"],
+                                   num_workers=0)
+    with pytest.raises(ValueError, match="needs data: FFCVDataModule"):
+        _trainer(1, [ProgressiveResizing(32, 64, 0, 1)]).fit(ShapeRecorder(), folder)
+
+
+def test_class_count_mismatch_with_the_model_fails_before_training(beton_varied_written):
+    from resnext_lit.module import ResNeXtModule
+
+    beton = beton_varied_written["beton"]
+    model = ResNeXtModule(arch="resnext50_32x4d", cardinality=2, bottleneck_width=2, num_classes=5)
+    with pytest.raises(ValueError, match="num_classes=5 but the data has 3 classes"):
+        _trainer(1).fit(model, FFCVDataModule(beton, beton, **TINY))
+
+
+def test_imagefolder_datamodule_matches_ffcv(tmp_path):
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (40, 3), dtype=np.uint8)
+    images = np.broadcast_to(colours[:, None, None, :], (40, 36, 52, 3)).copy()
+    labels = np.arange(40) % 4
+    root = export_imagefolder(images, labels, ["c0", "c1", "c2", "c3"], tmp_path / "folder")
+    beton = tmp_path / "val.beton"
+    write_beton(root, beton, workers=2, progress=False)
+
+    folder = ImageFolderDataModule(root, root, **TINY)
+    ffcv = FFCVDataModule(beton, beton, **TINY)
+    assert (folder.num_classes, folder.image_size) == (ffcv.num_classes, ffcv.image_size) == (4, 48)
+    folder.setup("fit")
+    folder_means, folder_labels = collect(folder.val_dataloader())
+    ffcv_means, ffcv_labels = collect(ffcv.val_dataloader())
+    assert folder_labels.tolist() == ffcv_labels.tolist() == sorted(labels.tolist())
+    assert (folder_means - ffcv_means).abs().max() < COLOUR_TOLERANCE
+    batch, _ = next(iter(folder.train_dataloader()))
+    assert batch.dtype == torch.uint8 and tuple(batch.shape) == (32, 3, 48, 48)
+    assert tuple(next(iter(folder.val_dataloader()))[0].shape) == (32, 3, 40, 40)
+
+
+def test_imagefolder_datamodule_names_a_broken_file(beton_varied_folder):
+    root = beton_varied_folder["root"]
+    dm = ImageFolderDataModule(root, root, **{**TINY, "num_workers": 0})
+    dm.setup("validate")
+    with pytest.raises(RuntimeError, match=r"truncated\.jpg: cannot decode"):  # first bad file
+        collect(dm.val_dataloader())
+    with pytest.raises(ValueError, match="does not exist"):
+        ImageFolderDataModule(root, root / "missing")
+
+
+def test_data_configs_build_the_datamodules(beton_varied_written):
+    """configs/data/*.yaml parse against the DataModules' signatures, as LightningCLI reads them."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "data"
+    beton, root = str(beton_varied_written["beton"]), str(beton_varied_written["root"])
+    overrides = {"imagenet_ffcv.yaml": ["--data.train_path", beton, "--data.val_path", beton],
+                 "imagenet_folder.yaml": ["--data.train_dir", root, "--data.val_dir", root,
+                                          "--data.val_labels", "null"]}
+    for name, args in overrides.items():
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--config", action=ActionConfigFile)
+        parser.add_subclass_arguments(L.LightningDataModule, "data")
+        config = parser.parse_args(["--config", str(configs / name), *args,
+                                    "--data.num_workers", "1"])
+        dm = parser.instantiate(config).data
+        assert (dm.num_classes, dm.image_size, dm.batch_size) == (3, 224, 32), name
