@@ -1,5 +1,5 @@
 # resnext_lit: `make test` and `make demo` set everything up themselves (scripts/setup.sh).
-.PHONY: setup test demo models clean
+.PHONY: setup test demo demo-sweep models clean
 
 setup:
 	@scripts/setup.sh
@@ -9,6 +9,13 @@ test: setup
 
 demo: setup
 	scripts/demo.sh
+
+# The cardinality demo as a sweep on CPU (local runner, W&B offline), then its table: printed
+# even if a run failed; the exit status is the sweep's.
+demo-sweep: setup
+	.venv/bin/python -m resnext_lit sweep sweeps/demo_cardinality.yaml; status=$$?; \
+	.venv/bin/python -m resnext_lit table --runs runs/sweeps/demo-cardinality \
+	    --out runs/sweeps/demo-cardinality/tables && exit $$status
 
 models: setup
 	.venv/bin/python -m resnext_lit models

@@ -74,13 +74,17 @@ class ResNeXtCLI(LightningCLI):
 
     def before_fit(self) -> None:
         from .results import ResultsWriter
+        from .tracking import describe_run
 
         config = self.run_config
         paths = config.get("config") or []
+        recipe = Path(str(paths[0])).stem if paths else None  # the first --config is the recipe
+        plain = _plain(config)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ResultsWriter):
-                callback.config = _plain(config)
-                callback.recipe = Path(str(paths[-1])).stem if paths else None
+                callback.config, callback.recipe = plain, recipe
+        # W&B fixes a run's group when it starts, so name it before fit starts the run.
+        describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain)
 
 
 def _plain(config) -> dict:
@@ -97,6 +101,8 @@ def _continue_latest_version(config) -> None:
     version folder (so it would find nothing and silently start from scratch).
     """
     logger = config.trainer.get("logger")
+    if isinstance(logger, list):  # e.g. CSV + W&B (configs/logger/wandb.yaml): the run folder
+        logger = logger[0] if logger else None  # is the first logger's
     init = getattr(logger, "init_args", None)
     if init is None or init.get("version") is not None or "save_dir" not in init:
         return

@@ -1,0 +1,119 @@
+"""A shared W&B Report of the ablations: `python -m resnext_lit dashboard`.
+
+    python -m resnext_lit dashboard --entity my-team --project resnext-lit --sweep abc123
+    python -m resnext_lit dashboard --entity my-team --project resnext-lit --dry-run  # no server
+
+Builds, with `wandb-workspaces` (W&B's report API), a report of the runs of one project (or one
+sweep of it): validation and training top-1 error per epoch grouped by arch (mean and std over
+seeds, the paper's Fig. 5 view), final error vs parameters and vs MACs (Fig. 7's view), C and d
+against the error (parallel coordinates), and the runs table with the columns the paper's
+tables use. Saving needs a W&B server and credentials; `--dry-run` builds the report and prints
+its outline without touching the network (W&B's API needs the server even to serialise a run
+set). The config keys and metrics are the ones `resnext_lit.tracking` and the module log.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+METRICS = ("val/top1_err", "val/top5_err", "train/top1_err")
+TABLE_COLUMNS = ("config:arch.value", "config:recipe.value", "config:depth.value",
+                 "config:cardinality.value", "config:bottleneck_width.value",
+                 "config:form.value", "config:params.value", "config:macs.value",
+                 "config:seed_everything.value", "summary:val/top1_err",
+                 "summary:val/top5_err", "run:state")
+
+
+def build_report(entity: str, project: str, sweep: str | None = None,
+                 title: str | None = None):
+    """The report object; nothing is sent anywhere until `.save()`."""
+    import wandb_workspaces.reports.v2 as wr
+
+    scope = f"sweep {sweep}" if sweep else f"project {project}"
+    runset = wr.Runset(entity=entity, project=project, name=scope,
+                       filters=f"Metric('Sweep') = '{sweep}'" if sweep else "",
+                       groupby=["config.arch"], pinned_columns=list(TABLE_COLUMNS))
+
+    def curves(metric: str, title: str):
+        return wr.LinePlot(title=title, x="epoch", y=[metric], title_x="epoch",
+                           title_y="top-1 error (%)" if "top1" in metric else "top-5 error (%)",
+                           groupby_aggfunc="mean", groupby_rangefunc="stddev")
+
+    grid = [
+        wr.H2("Error per epoch, grouped by arch (paper Fig. 5)"),
+        wr.P("Mean over seeds, shaded: one standard deviation. Solid lines in the paper are "
+             "validation error, dashed are training error."),
+        wr.PanelGrid(runsets=[runset], panels=[
+            curves("val/top1_err", "val top-1 error"),
+            curves("train/top1_err", "train top-1 error"),
+            curves("val/top5_err", "val top-5 error")]),
+        wr.H2("Error vs model size (paper Fig. 7 and Tables 3-4)"),
+        wr.PanelGrid(runsets=[runset], panels=[
+            wr.ScatterPlot(title="val top-1 error vs parameters", x=wr.Config("params"),
+                           y=wr.SummaryMetric("val/top1_err")),
+            wr.ScatterPlot(title="val top-1 error vs multiply-adds", x=wr.Config("macs"),
+                           y=wr.SummaryMetric("val/top1_err")),
+            wr.ParallelCoordinatesPlot(title="cardinality and width vs error", columns=[
+                wr.ParallelCoordinatesPlotColumn(metric=wr.Config("cardinality")),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.Config("bottleneck_width")),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.Config("params")),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("val/top1_err"))])]),
+        wr.H2("Runs"),
+        wr.P("One row per run; the runs table of this grid lists arch, C, d, params, MACs, "
+             "seed and the final errors. `python -m resnext_lit table --sweep "
+             f"{entity}/{project}/{sweep or '<sweep id>'} --out tables` prints the paper's "
+             "tables with our numbers next to its."),
+        wr.PanelGrid(runsets=[runset], panels=[wr.RunComparer(diff_only="split")]),
+    ]
+    return wr.Report(entity=entity, project=project,
+                     title=title or f"ResNeXt ablations: {scope}",
+                     description="Aggregated Residual Transformations (arXiv:1611.05431): "
+                                 "cardinality vs depth and width, reproduced.",
+                     blocks=grid)
+
+
+def outline(report) -> list[str]:
+    """Human-readable lines: every block and panel, with the metrics it plots."""
+    lines = [f"report {report.title!r} in {report.entity}/{report.project}"]
+    for block in report.blocks:
+        kind = type(block).__name__
+        if kind == "PanelGrid":
+            for panel in block.panels:
+                name = getattr(panel, "title", None) or type(panel).__name__
+                lines.append(f"    {type(panel).__name__}: {name}")
+        else:
+            text = getattr(block, "text", "")
+            lines.append(f"  {kind}: {text if isinstance(text, str) else ''}"[:100])
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnext_lit dashboard",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entity", required=True, help="W&B team or user")
+    parser.add_argument("--project", default="resnext-lit", help="W&B project")
+    parser.add_argument("--sweep", help="only the runs of this sweep id")
+    parser.add_argument("--title", help="report title")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build and print the report; do not save it")
+    args = parser.parse_args(argv)
+    try:
+        report = build_report(args.entity, args.project, args.sweep, args.title)
+    except ImportError:
+        raise ValueError("the dashboard needs wandb-workspaces: "
+                         "pip install wandb-workspaces") from None
+    print("\n".join(outline(report)))
+    if args.dry_run:
+        return 0
+    import wandb
+
+    from .tracking import has_credentials, reachable
+
+    url = wandb.setup().settings.base_url
+    if not has_credentials(url):  # checked here: the API would otherwise prompt or retry
+        raise ValueError("saving a report needs W&B credentials: `wandb login`")
+    if not reachable(url):
+        raise ValueError(f"{url} is not reachable; build the report with --dry-run")
+    report.save()
+    print(f"saved: {report.url}")
+    return 0

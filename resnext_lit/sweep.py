@@ -1,0 +1,273 @@
+"""Run a W&B sweep file locally, without a W&B server: `python -m resnext_lit sweep`.
+
+    python -m resnext_lit sweep sweeps/demo_cardinality.yaml              # every grid point
+    python -m resnext_lit sweep sweeps/table3_resnext50.yaml --dry-run    # print the commands
+    python -m resnext_lit sweep sweeps/table7_cifar.yaml --count 4        # 4 runs, then stop
+    python -m resnext_lit table --runs runs/sweeps/demo-cardinality --out tables/demo
+
+For machines with no W&B server or no network on the compute nodes. The grid comes from W&B's
+own sweep engine (`sweeps`), and each run is launched as `wandb agent` launches it: the sweep's
+`command` list with `${args}` expanded by wandb's own `create_sweep_command_args`
+(`--model.arch=resnext50_32x4d`), as an argv list, never through a shell, and with W&B offline
+(`wandb sync` uploads the runs later). Progress is kept in `<runs-dir>/sweeps/<name>/state.json`
+(rewritten atomically); a restarted sweep skips the runs that finished. Each run gets a folder
+there with its console output and its `results.json` (a link to the training's own record, or
+a record of the failure), so `table --runs <that folder>` reads exactly this sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+from .results import write_json_atomic
+
+METHODS = ("grid", "random")  # bayes needs the server's model of past runs: use `wandb agent`
+AGENT_DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # as wandb's
+OUR_CLI = ["-m", "resnext_lit"]
+SYNC_LINE = re.compile(r"wandb sync (\S+?)`")
+
+
+def load_sweep(path: str | Path) -> dict:
+    """The sweep file as a dict, checked by the `sweeps` schema plus what it lets through."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read sweep file {path}: {err.strerror}") from None
+    try:
+        config = yaml.safe_load(text)  # safe: a sweep file is data, never code
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a sweep file is a mapping (method, metric, parameters, ...)")
+    with warnings.catch_warnings():  # sweeps' pydantic config warns on import; not ours to fix
+        warnings.simplefilter("ignore")
+        from sweeps.config import schema_violations_from_proposed_config
+    try:
+        problems = schema_violations_from_proposed_config(config)
+    except ValueError as err:
+        problems = [str(err)]
+    if problems:
+        raise ValueError(f"{path}: {problems[0]}")
+    _check_no_nulls(config["parameters"], path)
+    return config
+
+
+def _check_no_nulls(parameters: dict, path, prefix: str = "") -> None:
+    # The schema accepts `value: null`, but the agent would pass the string "None" to the CLI.
+    for name, spec in parameters.items():
+        if "parameters" in spec:
+            _check_no_nulls(spec["parameters"], path, f"{prefix}{name}.")
+        elif spec.get("value", 0) is None or None in (spec.get("values") or []):
+            raise ValueError(f"{path}: parameter {prefix}{name} has a null value; "
+                             "the agent would pass the string 'None'")
+
+
+def grid_points(config: dict, count: int | None = None) -> list[dict]:
+    """Every run the `sweeps` engine proposes, as {parameter: value} dicts, in its order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    if config["method"] not in METHODS:
+        raise ValueError(f"method {config['method']!r} needs a W&B server (`wandb agent`); "
+                         f"the local runner runs {' and '.join(METHODS)} sweeps")
+    if config["method"] == "random" and not count:
+        raise ValueError("a random sweep never ends: give --count")
+    n = count if config["method"] == "random" else 100_000  # a grid ends itself
+    runs = sweeps.next_runs(config, [], validate=True, n=n)
+    return [{k: v["value"] for k, v in run.config.items()} for run in runs if run is not None]
+
+
+def agent_argv(config: dict, params: dict, allow_any_command: bool = False) -> list[str]:
+    """The argv `wandb agent` would run for `params` (its macros, its `${args}` formats)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    template = [str(c) for c in config.get("command") or AGENT_DEFAULT_COMMAND]
+    body = template[1:] if template[:1] == ["${env}"] else template
+    if not allow_any_command and body[:3] != ["${interpreter}", *OUR_CLI]:
+        raise ValueError(f"command {' '.join(template)!r} does not start this project's CLI "
+                         "(${interpreter} -m resnext_lit ...); pass --allow-any-command to run "
+                         "it anyway")
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    # As the agent (wandb_agent.py) fills them, except that `python` from PATH becomes this
+    # interpreter: the runner's own venv, however the runner was started.
+    macros.update(env=["/usr/bin/env"] if os.path.exists("/usr/bin/env") else [],
+                  interpreter=[sys.executable], program=[str(config.get("program", ""))])
+    argv = []
+    for token in template:
+        if token.startswith("${") and token.endswith("}"):
+            if token[2:-1] not in macros or token[2:-1] == "args_json_file":
+                raise ValueError(f"command macro {token} is not supported by the local runner")
+            argv += [str(v) for v in macros[token[2:-1]]]
+        else:
+            argv.append(token)
+    return argv
+
+
+def run_key(params: dict) -> str:
+    """A stable id of one grid point, so a restarted sweep recognises its runs."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_folder_name(index: int, params: dict) -> str:
+    label = "-".join(str(v) if k == "model.arch" else f"{k.split('.')[-1]}={v}"
+                     for k, v in params.items())
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", label)[:80]
+
+
+def find_records(runs_dir: Path, skip: Path) -> set[Path]:
+    """The training records under `runs_dir`, outside `skip` (the sweeps' own folders)."""
+    return {p.resolve() for p in runs_dir.rglob("results.json")
+            if skip not in p.parents and not p.is_symlink()}
+
+
+def launch(argv: list[str], run_dir: Path, env: dict) -> int:
+    """Run one training process; its console output goes to `run_dir/output.log`."""
+    with open(run_dir / "output.log", "w") as log:
+        log.write(f"$ {shlex.join(argv)}\n")
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the child got the same SIGINT: let it write its record
+            proc.wait()
+            raise
+
+
+def run_sweep(path: str, runs_dir: str = "runs", count: int | None = None, dry_run: bool = False,
+              online: bool = False, allow_any_command: bool = False) -> int:
+    config = load_sweep(path)
+    name = str(config.get("name") or Path(path).stem)
+    root = Path(runs_dir)
+    sweep_dir = root / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    state_path = sweep_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"runs": {}}
+    state.update(sweep=str(path), name=name, config=config)
+    if config["method"] == "random":  # the points drawn before, plus new ones up to --count
+        points = [r["params"] for r in state["runs"].values()]
+        unfinished = sum(r["status"] != "finished" for r in state["runs"].values())
+        if count and count > unfinished or not points:
+            points += grid_points(config, (count or 0) - unfinished)
+    else:
+        points = grid_points(config)
+    plan = {}
+    for i, params in enumerate(points, 1):
+        key = run_key(params)
+        entry = state["runs"].setdefault(key, {"folder": run_folder_name(i, params),
+                                               "params": params, "status": "pending"})
+        entry["argv"] = agent_argv(config, params, allow_any_command)
+        plan[key] = entry
+    plan = list(plan.values())
+    todo = [e for e in plan if e["status"] != "finished"][:count]
+    print(f"sweep {name}: {len(plan)} runs, "
+          f"{sum(e['status'] == 'finished' for e in plan)} finished, {len(todo)} to run now")
+    if dry_run:
+        for entry in plan:
+            mark = "skip (finished)" if entry["status"] == "finished" else (
+                "run" if entry in todo else "later")
+            print(f"  {entry['folder']}: {mark}\n    {shlex.join(entry['argv'])}")
+        return 0
+    env = dict(os.environ)
+    if not online:
+        env["WANDB_MODE"] = "offline"
+    failures = 0
+    for n, entry in enumerate(todo, 1):
+        run_dir = sweep_dir / entry["folder"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.json").unlink(missing_ok=True)
+        before = find_records(root, root / "sweeps")
+        entry.update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     attempts=entry.get("attempts", 0) + 1)
+        write_json_atomic(state_path, state)
+        print(f"[{n}/{len(todo)}] {entry['folder']} ... ", end="", flush=True)
+        start = time.monotonic()
+        try:
+            code = launch(entry["argv"], run_dir, env)
+        except KeyboardInterrupt:
+            entry.update(status="interrupted", wall_s=time.monotonic() - start)
+            write_json_atomic(state_path, state)
+            print("interrupted; run the same command again to continue")
+            return 130
+        entry.update(returncode=code, wall_s=round(time.monotonic() - start, 1))
+        _collect(entry, run_dir, find_records(root, root / "sweeps") - before)
+        failures += entry["status"] != "finished"
+        write_json_atomic(state_path, state)
+        print(_summary(entry, run_dir))
+    offline = [e["wandb_dir"] for e in plan if e.get("wandb_dir")]
+    if offline and not online:
+        print(f"W&B runs are offline; upload them with: wandb sync {' '.join(offline)}")
+    return 1 if failures else 0
+
+
+def _collect(entry: dict, run_dir: Path, new_records: set[Path]) -> None:
+    """Link the run's own results.json into its sweep folder, or record why there is none."""
+    log = (run_dir / "output.log").read_text(errors="replace")
+    sync = SYNC_LINE.findall(log)
+    entry["wandb_dir"] = sync[-1] if sync else None
+    record = None
+    found = {p: json.loads(p.read_text()) for p in new_records}
+    arch = entry["params"].get("model.arch")
+    if len(found) > 1 and arch:  # another process trained meanwhile: keep this run's arch
+        found = {p: r for p, r in found.items() if r.get("arch") == arch}
+    if len(found) == 1:
+        [(path, record)] = found.items()
+        (run_dir / "results.json").symlink_to(os.path.relpath(path, run_dir))
+        entry["results"] = str(path)
+    finished = entry["returncode"] == 0 and record and record.get("status") == "finished"
+    entry["status"] = "finished" if finished else "failed"
+    if record is None:  # no training record: a gap for the table, never a zero
+        lines = [line for line in log.splitlines() if line.strip()]
+        error = lines[-1] if lines else None
+        if entry["returncode"] == 0:
+            error = ("exit 0 but no new results.json under --runs-dir: does the recipe's "
+                     "logger save_dir lie inside it?")
+        write_json_atomic(run_dir / "results.json", {
+            "status": "failed", "arch": arch, "sweep_params": entry["params"],
+            "returncode": entry["returncode"], "error": error,
+            "log": str(run_dir / "output.log")})
+        entry["results"] = None
+
+
+def _summary(entry: dict, run_dir: Path) -> str:
+    record = json.loads(Path(entry["results"]).read_text()) if entry.get("results") else {}
+    if entry["status"] != "finished":
+        why = f"exit {entry['returncode']}" + (
+            f", record says {record.get('status')}" if record else ", no record")
+        return f"failed ({why}, {entry['wall_s']:.0f} s); see {run_dir / 'output.log'}"
+    final = (record.get("final") or {}).get("val/top1_err")
+    err = f"val/top1_err {final:.2f}" if final is not None else "no val/top1_err"
+    return f"finished in {entry['wall_s']:.0f} s, {err}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnext_lit sweep",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/demo_cardinality.yaml")
+    parser.add_argument("--count", type=int, help="launch at most this many runs now")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs, launch none")
+    parser.add_argument("--runs-dir", default="runs",
+                        help="where the recipes write their runs; the sweep's state and run "
+                             "folders go to <runs-dir>/sweeps/<name> (default: runs)")
+    parser.add_argument("--online", action="store_true",
+                        help="let W&B try online (default: WANDB_MODE=offline)")
+    parser.add_argument("--allow-any-command", action="store_true",
+                        help="run a sweep whose command is not `python -m resnext_lit ...`")
+    args = parser.parse_args(argv)
+    if args.count is not None and args.count < 1:
+        raise ValueError("--count must be at least 1")
+    return run_sweep(args.sweep_file, args.runs_dir, args.count, args.dry_run, args.online,
+                     args.allow_any_command)

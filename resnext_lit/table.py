@@ -1,0 +1,401 @@
+"""The paper's tables, with our numbers next to its: `python -m resnext_lit table`.
+
+    python -m resnext_lit table --runs runs --out tables                     # every results.json
+    python -m resnext_lit table --runs runs/sweeps/demo-cardinality --out tables/demo
+    python -m resnext_lit table --sweep my-team/resnext-lit/abc123 --out tables   # W&B public API
+
+Reads the `results.json` records the training writes (or W&B runs, converted to the same shape)
+and lays them out as arXiv:1611.05431 prints them: Table 3 (depth x C x d), Table 4 (top-1/top-5
+at 2x complexity), Table 7 (CIFAR-10/100 with params), Fig. 7 (CIFAR-10 error vs params), and
+a table of every other setting (e.g. the digits demo). Each cell is ours (mean +- std over
+seeds), the paper's figure from the model registry, and the difference. A setting with no
+finished run is a gap ("-", with the state of its runs), never a zero. Writes tables.md,
+tables.csv (one row per cell) and PNGs: train/val error per epoch (Fig. 5 style) and error vs
+params (Fig. 7 style). `build_tables` is a pure function of the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import model_entry
+from .models.registry import FIG7_WIDE, TABLE3, TABLE3_SETTINGS
+
+GAP = "-"
+TABLE4_ROWS = (("ResNet-101", "1x64d", "resnext101_1x64d"),
+               ("ResNeXt-101", "32x4d", "resnext101_32x4d"),
+               ("ResNet-200", "1x64d", "resnet200"),
+               ("ResNet-101, wider", "1x100d", "resnet101_wide"),
+               ("ResNeXt-101", "2x64d", "resnext101_2x64d"),
+               ("ResNeXt-101", "64x4d", "resnext101_64x4d"))
+TABLE7_ARCHS = ("resnext29_8x64d", "resnext29_16x64d")
+FIG7_CARDINALITY = tuple(f"resnext29_{c}x64d" for c in (1, 2, 4, 8, 16))
+FIG7_WIDTH = ("resnext29_1x64d", *(f"resnext29_1x{d}d" for d in FIG7_WIDE.values()))
+ALIASES = {"resnet50": "resnext50_1x64d", "resnet101": "resnext101_1x64d"}  # same networks
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    cells: list[dict] = field(default_factory=list)    # long form, for the CSV
+    runs: dict[str, list[dict]] = field(default_factory=dict)  # label -> runs, for the plots
+    notes: list[str] = field(default_factory=list)
+
+
+def summarize(record: dict, metric: str = "final") -> dict:
+    """One record (results.json shape) -> the fields the tables need; tolerant of gaps."""
+    model, config = record.get("model") or {}, record.get("config") or {}
+    arch = record.get("arch") or (config.get("model") or {}).get("arch")
+    arch = ALIASES.get(arch, arch)
+    try:
+        entry = model_entry(arch)
+    except (ValueError, TypeError):
+        entry = None
+    data = config.get("data") or {}
+    data_class = str(data.get("class_path", "") if isinstance(data, dict) else "").lower()
+    classes = model.get("num_classes")
+    if "cifar" in data_class:
+        dataset = f"cifar{classes}"
+    elif classes == 1000 and model.get("stem") == "imagenet":
+        dataset = "imagenet"
+    else:
+        dataset = data_class.rsplit(".", 1)[-1].removesuffix("datamodule") or None
+    setting = tuple(model.get(k) for k in ("depth", "cardinality", "bottleneck_width"))
+    paper = entry is not None and setting == (entry["depth"], entry["cardinality"],
+                                               entry["bottleneck_width"])
+    result = record.get(metric) or {}
+    return {"arch": arch, "status": record.get("status", "unknown"), "dataset": dataset,
+            "recipe": record.get("recipe"), "seed": record.get("seed"), "paper_setting": paper,
+            "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
+            "form": model.get("form"), "params": model.get("params"), "macs": model.get("macs"),
+            "top1": result.get("val/top1_err"), "top5": result.get("val/top5_err"),
+            "epochs": record.get("epochs") or [], "images_per_s": record.get("images_per_s"),
+            "paper": (entry or {}).get("paper", {}) if paper else {}}
+
+
+def stat(runs: list[dict], key: str) -> tuple[float | None, float | None, int]:
+    """(mean, std, n) of `key` over the finished runs; (None, None, 0) when there are none."""
+    values = [r[key] for r in runs if r["status"] == "finished" and r[key] is not None]
+    if not values:
+        return None, None, 0
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
+            len(values))
+
+
+def known(runs: list[dict], key: str):
+    """A property of the setting (params, MACs): any run has it, even a failed one."""
+    return next((r[key] for r in runs if r[key] is not None), None)
+
+
+def fmt(mean, std=None, n=1, runs=()) -> str:
+    if mean is None:
+        states = sorted({r["status"] for r in runs})
+        return f"{GAP} ({', '.join(states)})" if states else GAP
+    text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    return text + (f" (n={n})" if n > 1 else "")
+
+
+def diff(mean, paper) -> str:
+    return GAP if mean is None or paper is None else f"{mean - paper:+.2f}"
+
+
+def _cell(table: Table, row: str, column: str, runs: list[dict], key: str,
+          paper: float | None) -> tuple[str, str, str]:
+    mean, std, n = stat(runs, key)
+    table.cells.append({"table": table.title, "row": row, "column": column, "ours_mean": mean,
+                        "ours_std": std, "n": n, "paper": paper,
+                        "diff": None if mean is None or paper is None else mean - paper,
+                        "states": " ".join(sorted(r["status"] for r in runs))})
+    return fmt(mean, std, n, runs), GAP if paper is None else f"{paper:.2f}", diff(mean, paper)
+
+
+def build_tables(records: list[dict], metric: str = "final") -> list[Table]:
+    """Run records -> the paper's tables (only those some record belongs to) + other runs."""
+    runs = [summarize(r, metric) for r in records]
+    by: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by.setdefault((r["dataset"], r["recipe"], r["arch"] if r["paper_setting"] else None),
+                      []).append(r)
+    placed: set[int] = set()
+    tables = []
+    recipes = sorted({r["recipe"] for r in runs if r["paper_setting"]}, key=str)
+    for build in (_table3, _table4, _table7, _fig7):  # the paper's order, then by recipe
+        for recipe in recipes:
+            def pick(arch, dataset, _recipe=recipe):
+                found = by.get((dataset, _recipe, arch), [])
+                placed.update(id(r) for r in found)
+                return found
+            tables += [t for t in [build(pick, recipe)] if t.runs]
+    others = [r for r in runs if id(r) not in placed]
+    if others:
+        tables.append(_other(others))
+    return tables
+
+
+def _table3(pick, recipe) -> Table:
+    header = ["", *(f"{c}x{d}d" for c, d in TABLE3_SETTINGS)]
+    t = Table(f"Table 3: top-1 error (%) at ~constant complexity, ImageNet [{recipe}]", header)
+    for depth in TABLE3:
+        cells = []
+        for c, d in TABLE3_SETTINGS:
+            arch = f"resnext{depth}_{c}x{d}d"
+            found = pick(arch, "imagenet")
+            if found:
+                t.runs[f"{depth} layers {c}x{d}d"] = found
+            cells.append(_cell(t, f"{depth} layers", f"{c}x{d}d", found, "top1",
+                               model_entry(arch)["paper"].get("top1_err")))
+        for i, what in enumerate(("ours", "paper", "difference")):
+            t.rows.append([f"{depth} layers, {what}", *(cell[i] for cell in cells)])
+    return t
+
+
+def _table4(pick, recipe) -> Table:
+    header = ["model", "setting", "top-1 ours", "top-1 paper", "diff",
+              "top-5 ours", "top-5 paper", "diff"]
+    t = Table(f"Table 4: 2x complexity (~15 GFLOPs), ImageNet [{recipe}]", header)
+    for name, setting, arch in TABLE4_ROWS:
+        found = pick(arch, "imagenet")
+        if found:
+            t.runs[f"{name} {setting}"] = found
+        paper = model_entry(arch)["paper"]
+        t.rows.append([name, setting,
+                       *_cell(t, arch, "top-1", found, "top1", paper.get("top1_err")),
+                       *_cell(t, arch, "top-5", found, "top5", paper.get("top5_err"))])
+    return t
+
+
+def _table7(pick, recipe) -> Table:
+    header = ["model", "params (M)", "params paper", "CIFAR-10 ours", "paper", "diff",
+              "CIFAR-100 ours", "paper", "diff"]
+    t = Table(f"Table 7: test error (%) on CIFAR, mean of runs [{recipe}]", header)
+    for arch in TABLE7_ARCHS:
+        paper, row = model_entry(arch)["paper"], [arch]
+        c10, c100 = pick(arch, "cifar10"), pick(arch, "cifar100")
+        mean_params = known(c10 + c100, "params")
+        row += [GAP if mean_params is None else f"{mean_params / 1e6:.1f}",
+                f"{paper['params_m']:.1f}"]
+        for dataset, found in (("cifar10", c10), ("cifar100", c100)):
+            if found:
+                t.runs[f"{arch} {dataset}"] = found
+            row += _cell(t, arch, dataset, found, "top1", paper.get(f"{dataset}_err"))
+        t.rows.append(row)
+    return t
+
+
+def _fig7(pick, recipe) -> Table:
+    header = ["series", "model", "params (M)", "CIFAR-10 error (%)"]
+    t = Table(f"Fig. 7: cardinality vs width at equal size, CIFAR-10 [{recipe}]", header)
+    for series, archs in (("cardinality (d=64)", FIG7_CARDINALITY), ("width (C=1)", FIG7_WIDTH)):
+        for arch in archs:
+            found = pick(arch, "cifar10")
+            if found:
+                t.runs[f"{series}: {arch}"] = found
+            params = known(found, "params")
+            t.rows.append([series, arch, GAP if params is None else f"{params / 1e6:.1f}",
+                           _cell(t, arch, "cifar10", found, "top1", None)[0]])
+    return t
+
+
+def _other(runs: list[dict]) -> Table:
+    header = ["model", "depth", "C x d", "form", "data", "recipe", "params (M)", "GMACs",
+              "top-1 err (%)", "top-5 err (%)", "epochs", "img/s"]
+    t = Table("Other settings (not a paper setting, or data the paper does not use)", header)
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        key = (r["arch"], r["depth"], r["cardinality"], r["bottleneck_width"], r["form"],
+               r["dataset"], r["recipe"])
+        groups.setdefault(key, []).append(r)
+    for (arch, depth, c, d, form, dataset, recipe), found in sorted(
+            groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
+        setting = GAP if c is None else f"{c}x{d}d"
+        # "<data>: ..." names the series of the error-vs-params plot: one line per dataset.
+        label = f"{dataset}: {arch} {setting}" + (f" depth {depth}" if depth else "")
+        t.runs[label] = found
+        params, macs = known(found, "params"), known(found, "macs")
+        speed = stat(found, "images_per_s")[0]
+        epochs = sorted({len(r["epochs"]) for r in found if r["status"] == "finished"})
+        t.rows.append([str(arch), str(depth or GAP), setting, str(form or GAP),
+                       str(dataset or GAP), str(recipe or GAP),
+                       GAP if params is None else f"{params / 1e6:.2f}",
+                       GAP if macs is None else f"{macs / 1e9:.3f}",
+                       _cell(t, label, "top-1", found, "top1", None)[0],
+                       _cell(t, label, "top-5", found, "top5", None)[0],
+                       "/".join(map(str, epochs)) or GAP,
+                       GAP if speed is None else f"{speed:.0f}"])
+    return t
+
+
+def markdown(tables: list[Table]) -> str:
+    out = []
+    for t in tables:
+        out += [f"### {t.title}", "", "| " + " | ".join(t.header) + " |",
+                "|" + "---|" * len(t.header)]
+        out += ["| " + " | ".join(row) + " |" for row in t.rows]
+        out += [""] + [f"{note}" for note in t.notes] + ([""] if t.notes else [])
+    return "\n".join(out)
+
+
+def write_csv(tables: list[Table], path: Path) -> None:
+    columns = ["table", "row", "column", "ours_mean", "ours_std", "n", "paper", "diff", "states"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for t in tables:
+            writer.writerows(t.cells)
+
+
+def mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Per-epoch mean of `key` over runs (any state: a partial curve is still a curve)."""
+    per_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        for e in r["epochs"]:
+            if e.get(key) is not None:
+                per_epoch.setdefault(e["epoch"], []).append(e[key])
+    epochs = sorted(per_epoch)
+    return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
+
+
+def plot_curves(table: Table, path: Path) -> bool:
+    """Fig. 5 style: train (dashed) and val (solid) top-1 error per epoch, one colour each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for i, (label, runs) in enumerate(table.runs.items()):
+        color = f"C{i % 10}"
+        states = {r["status"] for r in runs}
+        if "finished" not in states:  # a partial curve is still a curve, but say so
+            label += f" ({', '.join(sorted(states))})"
+        for key, style in (("train/top1_err", "--"), ("val/top1_err", "-")):
+            x, y = mean_curve(runs, key)
+            if x:
+                ax.plot(x, y, style, color=color, label=label if style == "-" else None)
+                drawn = True
+    if drawn:
+        ax.set(xlabel="epoch", ylabel="top-1 error (%)")
+        ax.set_title(textwrap.fill(table.title, 70), fontsize=9)
+        ax.legend(fontsize=7, title="solid: val, dashed: train", title_fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def plot_error_vs_params(table: Table, path: Path) -> bool:
+    """Fig. 7 style: final error vs parameters, one line per series (or per setting)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for label, runs in table.runs.items():
+        params, err = known(runs, "params"), stat(runs, "top1")[0]
+        if params is not None and err is not None:
+            name, _, point = label.rpartition(": ")
+            series.setdefault(name or "runs", []).append((params / 1e6, err, point or label))
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
+        for x, y, text in points:
+            ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="parameters (M)", ylabel="top-1 error (%)")
+    ax.set_title(textwrap.fill(table.title, 60), fontsize=9)
+    ax.margins(x=0.25)  # room for the point labels
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def load_local(runs_dir: str | Path) -> list[dict]:
+    """Every results.json under `runs_dir` (links followed, each file once)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise ValueError(f"--runs {root}: no such folder")
+    paths = {p.resolve() for p in root.rglob("results.json")}
+    if not paths:
+        raise ValueError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
+                         "or run a sweep first")
+    return [json.loads(p.read_text()) for p in sorted(paths)]
+
+
+def record_from_wandb(run) -> dict:
+    """A W&B public-API run -> the results.json shape (our logger's config keys + history)."""
+    config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
+    summary = dict(run.summary)
+
+    def last(key):
+        value = summary.get(key)
+        return value.get("last", value.get("min")) if isinstance(value, dict) else value
+    epochs: dict[int, dict] = {}
+    for row in run.history(keys=None, pandas=False) if hasattr(run, "history") else []:
+        if row.get("epoch") is not None:
+            epochs.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])}).update(
+                {k: v for k, v in row.items() if "/" in k and v is not None})
+    state = {"finished": "finished", "running": "running", "killed": "interrupted"}
+    model_keys = ("depth", "cardinality", "bottleneck_width", "form", "stem", "num_classes",
+                  "params", "macs", "image_size")
+    return {"status": state.get(run.state, "failed"), "arch": config.get("arch"),
+            "model": {k: config.get(k) for k in model_keys}, "recipe": config.get("recipe"),
+            "seed": config.get("seed_everything"), "config": config,
+            "epochs": [epochs[e] for e in sorted(epochs)],
+            "final": {"val/top1_err": last("val/top1_err"), "val/top5_err": last("val/top5_err")},
+            "best": {"val/top1_err": (summary.get("val/top1_err") or {}).get("min")
+                     if isinstance(summary.get("val/top1_err"), dict) else None}}
+
+
+def load_wandb(sweep_path: str) -> list[dict]:  # needs a W&B server; not testable offline
+    import wandb
+
+    from .tracking import has_credentials, reachable
+
+    url = wandb.setup().settings.base_url
+    if not has_credentials(url) or not reachable(url):  # fail in one line, not after retries
+        raise ValueError(f"--sweep needs W&B credentials and {url}; use --runs offline")
+    sweep = wandb.Api(timeout=30).sweep(sweep_path)
+    return [record_from_wandb(run) for run in sweep.runs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnext_lit table",
+                                     description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", help="folder searched for results.json files")
+    source.add_argument("--sweep", help="ENTITY/PROJECT/SWEEP_ID, read with the W&B API")
+    parser.add_argument("--out", required=True, help="folder for tables.md, tables.csv, PNGs")
+    parser.add_argument("--metric", choices=("final", "best"), default="final",
+                        help="error at the last epoch (the paper's) or the best epoch")
+    args = parser.parse_args(argv)
+    records = load_local(args.runs) if args.runs else load_wandb(args.sweep)
+    tables = build_tables(records, args.metric)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate(tables, 1):
+        name = re.split(r"[:(]", t.title.lower())[0]  # "table 3", "fig. 7", "other settings"
+        slug = f"{i:02d}_" + re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+        if plot_curves(t, out / f"{slug}_curves.png"):
+            t.notes.append(f"![curves]({slug}_curves.png)")
+        if (t.title.startswith("Fig. 7") or t.title.startswith("Other")) and \
+                plot_error_vs_params(t, out / f"{slug}_error_vs_params.png"):
+            t.notes.append(f"![error vs params]({slug}_error_vs_params.png)")
+    text = markdown(tables)
+    (out / "tables.md").write_text(text + "\n")
+    write_csv(tables, out / "tables.csv")
+    print(text)
+    print(f"wrote {out}/tables.md, tables.csv and {len(list(out.glob('*.png')))} PNG(s)")
+    return 0

@@ -1,0 +1,242 @@
+"""Weights & Biases tracking: Lightning's WandbLogger, named the paper's way, never hanging.
+
+    python -m resnext_lit fit --config configs/demo.yaml --config configs/logger/wandb.yaml
+    WANDB_ENTITY=my-team python -m resnext_lit fit --config configs/imagenet_paper.yaml \
+        --config configs/logger/wandb.yaml --model.arch=resnext101_64x4d
+    wandb sync runs/wandb/offline-run-*          # upload runs that were logged offline
+
+`configs/logger/wandb.yaml` appends this logger after the recipe's CSVLogger, so `results.json`
+and checkpoints stay in the CSV run folder. On top of Lightning's logger it adds:
+
+- project `resnext-lit` (or WANDB_PROJECT); entity from WANDB_ENTITY or `init_args.entity`;
+- group `<recipe>/<arch>` so W&B averages the seeds of one setting, and tags
+  (arch, depth, C x d, form, recipe), set by `describe_run` before the W&B run starts;
+- in the run config: the resolved CLI config, params and MACs (as the paper counts them),
+  image size, hardware and library versions; every metric the module logs goes to the run;
+- a start that cannot block training: offline, said in one line with the `wandb sync` command,
+  when there are no credentials, when the server does not accept a connection within
+  `PROBE_S`, or when an online `wandb.init` fails within `init_timeout`;
+- checkpoints uploaded as artifacts only when asked (`log_model`) and online.
+
+Lightning already restricts the run and all logging to global rank 0 under DDP.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import socket
+import sys
+from urllib.parse import urlparse
+
+import torch
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from .models import ResNeXt, complexity, model_config, model_entry
+
+DEFAULT_PROJECT = "resnext-lit"
+PROBE_S = 5.0        # a reachable server accepts a TCP connection well within this
+# wandb.init adds up to ~10 s of its own (two 5 s identity look-ups) to its init_timeout; with
+# the probe and the offline restart, the worst case stays under 30 s.
+INIT_TIMEOUT_S = 12.0
+OFFLINE_MODES = ("offline", "dryrun")
+
+
+def run_labels(arch: str, depth: int, cardinality: int, bottleneck_width: int, form: str,
+               recipe: str | None = None) -> tuple[str, list[str]]:
+    """(group, tags) of a run, e.g. ("imagenet_paper/resnext50_32x4d", [..., "32x4d", ...]).
+
+    The group names the setting, not the seed, so W&B's grouped view is the paper's mean over
+    runs. An arch whose depth, C or d was overridden gets what it really is appended
+    ("resnext29_8x64d-11layers-8x4d"), so the CPU demo never averages with the paper's network.
+    """
+    entry = model_entry(arch)
+    setting = f"{cardinality}x{bottleneck_width}d"
+    name = arch + (f"-{depth}layers" if depth != entry["depth"] else "")
+    if (cardinality, bottleneck_width) != (entry["cardinality"], entry["bottleneck_width"]):
+        name += f"-{setting}"
+    group = f"{recipe}/{name}" if recipe else name
+    tags = [arch, f"depth{depth}", setting, f"form-{form}"]
+    return group, tags + ([recipe] if recipe else [])
+
+
+def run_facts(arch: str, net_config: dict, image_size: int,
+              recipe: str | None = None) -> tuple[str, list[str], dict]:
+    """(group, tags, config facts) of one run of `arch` built with `net_config`."""
+    with torch.device("meta"):  # count on meta tensors: no memory, no compute
+        meta = ResNeXt(**net_config)
+    net_config = meta.config  # with the network's defaults filled in (form, ...)
+    from .results import environment  # the same hardware/versions record as results.json
+    hardware, versions = environment()
+    depth = 3 * sum(net_config["layers"]) + 2  # weighted layers, as the paper counts them
+    group, tags = run_labels(arch, depth, net_config["cardinality"],
+                             net_config["bottleneck_width"], net_config["form"], recipe)
+    facts = {"arch": arch, "recipe": recipe, "depth": depth,
+             **{k: v for k, v in net_config.items() if k != "layers"},
+             **complexity(meta, image_size), "image_size": image_size,
+             "hardware": hardware, "versions": versions}
+    return group, tags, facts
+
+
+def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
+                 config: dict | None = None) -> None:
+    """Hand every `WandbLogger` of `trainer` the run's group, tags and config.
+
+    Call it before `trainer.fit` (the CLI does, in `before_fit`): Lightning starts the W&B run
+    in its setup hook, before any callback could name it, and a W&B group is fixed at start.
+    """
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if loggers:
+        size = getattr(datamodule or trainer.datamodule, "image_size", None) or 224
+        group, tags, facts = run_facts(module.hparams.arch, module.model.config, size, recipe)
+        for logger in loggers:
+            logger.describe(group, tags, {**(config or {}), **facts}, facts)
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's `WandbLogger` with this project's defaults and a start that cannot hang.
+
+    Use from YAML (see configs/logger/wandb.yaml):
+    `{class_path: resnext_lit.tracking.WandbLogger, init_args: {save_dir: runs}}`.
+
+    Args:
+        project: W&B project; default WANDB_PROJECT, else "resnext-lit".
+        entity: W&B team or user; default WANDB_ENTITY, else the account's default.
+        group, tags: override the ones `describe_run` derives from the run.
+        save_dir: where wandb writes `wandb/<run>` (offline runs wait there for `wandb sync`).
+        offline: never try the network.
+        log_model: upload checkpoints as artifacts (online only; see Lightning's docs).
+        init_timeout: seconds an online `wandb.init` may take before falling back to offline.
+        **kwargs: any other `wandb.init` argument (`settings` as a dict).
+    """
+
+    def __init__(self, project: str | None = None, entity: str | None = None,
+                 name: str | None = None, group: str | None = None,
+                 tags: list[str] | None = None, save_dir: str = "runs", offline: bool = False,
+                 log_model: bool | str = False, init_timeout: float = INIT_TIMEOUT_S,
+                 **kwargs):
+        project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        # Lightning refuses offline + log_model; here offline may be decided later, at start.
+        super().__init__(name=name, save_dir=save_dir, project=project, log_model=log_model,
+                         entity=entity, group=group, tags=tags, **kwargs)
+        self._force_offline = offline
+        self._init_timeout = init_timeout
+        self._user_labels = {"group": group, "tags": tags}
+        self.mode: str | None = None  # "online", "offline" or "disabled" once started
+        self._facts: dict | None = None  # arch, C, d, depth, params, MACs, ... of the run
+
+    def describe(self, group: str, tags: list[str], config: dict, facts: dict) -> None:
+        """Set the run's group, tags and config; explicit `group`/`tags` arguments win."""
+        self._facts = facts
+        if self._experiment is not None:  # already started: the group is fixed, the rest is not
+            self._experiment.config.update(config, allow_val_change=True)
+            self._experiment.tags = tuple(self._experiment.tags or ()) + tuple(tags)
+            return
+        self._wandb_init["group"] = self._user_labels["group"] or group
+        self._wandb_init["tags"] = list(self._user_labels["tags"] or []) + tags
+        self._wandb_init["config"] = {**config, **(self._wandb_init.get("config") or {})}
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        import wandb
+
+        if self._experiment is None and wandb.run is None and not hasattr(self, "_attach_id"):
+            self._experiment = self._start()
+            if getattr(self._experiment, "define_metric", None):
+                # Lightning's step axis (as its own logger sets up) and the paper's number:
+                # the lowest validation error, kept in the summary for tables and reports.
+                self._experiment.define_metric("trainer/global_step")
+                self._experiment.define_metric("*", step_metric="trainer/global_step",
+                                               step_sync=True)
+                self._experiment.define_metric("val/top1_err", summary="min,last")
+                self._experiment.define_metric("val/top5_err", summary="min,last")
+        return super().experiment
+
+    def _start(self):
+        """`wandb.init`, online when that can work quickly, else offline, said in one line."""
+        import wandb
+
+        init = {k: v for k, v in self._wandb_init.items() if v is not None}
+        user_settings = dict(init.pop("settings", None) or {})
+        init.pop("mode", None)
+        if init.get("dir"):  # wandb warns (outside `silent`) when its folder is missing
+            os.makedirs(init["dir"], exist_ok=True)
+        mode, reason = self._choose_mode()
+        if mode == "online":
+            try:
+                run = wandb.init(**init, mode="online", settings=wandb.Settings(
+                    **{"init_timeout": self._init_timeout, **user_settings}))
+                self.mode = "online"
+                return run
+            except Exception as err:  # wandb.Error and friends: never stop the training
+                reason = f"wandb.init failed ({type(err).__name__}: {str(err).splitlines()[0]})"
+        run = wandb.init(**init, mode=mode if mode == "disabled" else "offline",
+                         settings=wandb.Settings(**{"silent": True, **user_settings}))
+        self.mode = "disabled" if mode == "disabled" else "offline"
+        if self.mode == "offline":
+            if self._log_model:
+                self._log_model, reason = False, reason + "; checkpoints not uploaded"
+            run_dir = os.path.dirname(run.dir)  # run.dir is the run's `files/` folder
+            print(f"W&B offline ({reason}): upload later with `wandb sync {run_dir}`",
+                  file=sys.stderr, flush=True)
+        return run
+
+    def _choose_mode(self) -> tuple[str, str]:
+        """("online"|"offline"|"disabled", why) from flags, credentials and a quick probe."""
+        import wandb
+
+        env_mode = os.environ.get("WANDB_MODE", "").lower()
+        if env_mode == "disabled":
+            return "disabled", "WANDB_MODE=disabled"
+        if self._force_offline or env_mode in OFFLINE_MODES:
+            return "offline", "asked" if self._force_offline else f"WANDB_MODE={env_mode}"
+        settings = wandb.setup().settings
+        url = settings.base_url
+        if not (settings.api_key or has_credentials(url)):
+            return "offline", "no W&B credentials; `wandb login` to log online"
+        if not reachable(url):
+            return "offline", f"{url} not reachable within {PROBE_S:.0f} s"
+        return "online", ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        super().log_hyperparams(params)
+        params = params if isinstance(params, dict) else vars(params)
+        if self._facts is None and "arch" in params:
+            # Used without `describe_run` (a plain Trainer): derive what the hparams allow.
+            overrides = {k: params.get(k) for k in ("cardinality", "bottleneck_width", "depth",
+                                                    "form", "num_classes",
+                                                    "zero_init_residual")}
+            net_config = model_config(params["arch"], **overrides)
+            _, tags, self._facts = run_facts(params["arch"], net_config,
+                                             params.get("image_size", 224))
+            self.experiment.tags = tuple(self.experiment.tags or ()) + tuple(tags)
+        if self._facts:
+            # The module's hparams name its overrides like the real values (cardinality=None
+            # means "the arch's own"): put the network's real C, d, depth and form back on top.
+            self.experiment.config.update(self._facts, allow_val_change=True)
+
+
+def has_credentials(base_url: str) -> bool:
+    """True when an API key or identity token is configured, without asking the network."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(urlparse(base_url).hostname or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def reachable(base_url: str, timeout: float = PROBE_S) -> bool:
+    """Whether the W&B server accepts a TCP connection (a blackholed route fails in `timeout`)."""
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,223 @@
+"""Sweep files and the local runner: `pytest -q tests/test_sweeps.py`.
+
+Every sweep file must pass W&B's own schema, enumerate (with W&B's own engine) to exactly the
+paper's settings, and yield agent command lines that the project's CLI parses. The local runner
+runs a real 3-point grid on the digits end to end (offline W&B), is resumed, and its outputs
+feed the table builder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resnext_lit.cli import main as cli
+from resnext_lit.models import model_entry, solve_bottleneck_width
+from resnext_lit.models.registry import FIG7_WIDE, TABLE3_SETTINGS
+from resnext_lit.sweep import agent_argv, grid_points, load_sweep
+from resnext_lit.sweep import main as sweep_main
+from resnext_lit.table import main as table_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+TINY_FIT = ["--model.warmup_epochs=0", "--data.init_args.batch_size=16",
+            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+
+
+def archs(name: str) -> list[str]:
+    return [p["model.arch"] for p in grid_points(load_sweep(ROOT / "sweeps" / name))]
+
+
+def setting(arch: str) -> tuple[int, int, int]:
+    entry = model_entry(arch)
+    return entry["depth"], entry["cardinality"], entry["bottleneck_width"]
+
+
+def test_the_six_sweep_files_exist():
+    assert [p.name for p in SWEEPS] == [
+        "demo_cardinality.yaml", "fig7_cifar.yaml", "table3_resnext101.yaml",
+        "table3_resnext50.yaml", "table4.yaml", "table7_cifar.yaml"]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_file_is_a_valid_wandb_grid_over_model_arch(path):
+    config = load_sweep(path)  # W&B's schema check, plus no nulls
+    assert config["method"] == "grid"
+    assert config["metric"] == {"name": "val/top1_err", "goal": "minimize"}
+    assert set(config["parameters"]) <= {"model.arch", "seed_everything"}
+    assert "values" in config["parameters"]["model.arch"]  # one categorical: C, d move together
+    command = config["command"]
+    assert command[:5] == ["${env}", "${interpreter}", "-m", "resnext_lit", "fit"]
+    assert command[-1] == "${args}" and command[5] == "--config"
+    for i, token in enumerate(command):
+        if token == "--config":
+            assert (ROOT / command[i + 1]).is_file(), command[i + 1]
+
+
+def test_table3_grids_are_table2_settings_at_50_and_101_layers():
+    for depth in (50, 101):
+        grid = archs(f"table3_resnext{depth}.yaml")
+        assert [setting(a) for a in grid] == [(depth, c, d) for c, d in TABLE3_SETTINGS]
+    assert [solve_bottleneck_width(c) for c, _ in TABLE3_SETTINGS] == \
+        [d for _, d in TABLE3_SETTINGS]
+
+
+def test_table4_grid_doubles_complexity_by_depth_width_and_cardinality():
+    assert [setting(a) for a in archs("table4.yaml")] == [
+        (200, 1, 64), (101, 1, 100), (101, 2, 64), (101, 64, 4)]
+
+
+def test_table7_grid_is_two_networks_times_ten_seeds():
+    points = grid_points(load_sweep(ROOT / "sweeps" / "table7_cifar.yaml"))
+    assert len(points) == 20
+    assert {(p["model.arch"], p["seed_everything"]) for p in points} == {
+        (a, s) for a in ("resnext29_8x64d", "resnext29_16x64d") for s in range(10)}
+    assert all(model_entry(a)["paper"]["cifar10_err"] for a in ("resnext29_8x64d",
+                                                                  "resnext29_16x64d"))
+
+
+def test_fig7_grid_is_cardinality_series_and_width_series():
+    grid = [setting(a) for a in archs("fig7_cifar.yaml")]
+    assert grid == [(29, c, 64) for c in (1, 2, 4, 8, 16)] + \
+        [(29, 1, d) for d in FIG7_WIDE.values()]
+
+
+def test_demo_grid_is_small_and_moves_cardinality():
+    grid = archs("demo_cardinality.yaml")
+    assert [setting(a)[1] for a in grid] == [1, 2, 4, 8]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter")
+def test_every_agent_command_parses_with_the_project_cli(monkeypatch):
+    """Each command line exactly as the agent builds it, parsed by `fit --print_config`."""
+    monkeypatch.chdir(ROOT)
+    checked = 0
+    for path in SWEEPS:
+        config = load_sweep(path)
+        for params in grid_points(config):
+            argv = agent_argv(config, params)
+            assert argv[:4] == ["/usr/bin/env", argv[1], "-m", "resnext_lit"]
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                try:
+                    code = cli([*argv[4:], "--print_config"])
+                except SystemExit as done:  # jsonargparse exits after printing
+                    code = done.code
+            assert code in (0, None), (path.name, argv, err.getvalue()[-2000:])
+            parsed = yaml.safe_load(out.getvalue())
+            assert parsed["model"]["arch"] == params["model.arch"]
+            if "seed_everything" in params:
+                assert parsed["seed_everything"] == params["seed_everything"]
+            loggers = parsed["trainer"]["logger"]
+            assert [lg["class_path"] for lg in loggers][-1] == "resnext_lit.tracking.WandbLogger"
+            checked += 1
+    assert checked == 5 + 5 + 4 + 20 + 9 + 4
+
+
+BAD = {
+    "bad_method": "method: gird\nparameters: {model.arch: {values: [resnet50]}}\n",
+    "null_value": "method: grid\nparameters: {model.arch: {values: [resnet50, null]}}\n",
+    "unknown_key": "method: grid\nmetod: grid\nparameters: {model.arch: {value: resnet50}}\n",
+    "not_yaml": "method: grid\nparameters: {model.arch: [\n",
+    "not_mapping": "- method\n- grid\n",
+    "python_tag": "method: !!python/object/apply:os.system [echo pwned]\nparameters: {}\n",
+    "bayes": "method: bayes\nmetric: {name: val/top1_err, goal: minimize}\n"
+             "parameters: {model.arch: {values: [resnet50]}}\n",
+    "foreign_command": "method: grid\nparameters: {model.arch: {values: [resnet50]}}\n"
+                       "command: ['${env}', '${interpreter}', train.py, '${args}']\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_sweep_file_is_one_clear_line_and_nonzero(case, tmp_path, capsys):
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(BAD[case])
+    assert cli(["sweep", str(path), "--dry-run", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_foreign_command_runs_only_when_allowed(tmp_path, capsys):
+    path = tmp_path / "foreign.yaml"
+    path.write_text(BAD["foreign_command"] + "program: train.py\n")
+    assert sweep_main([str(path), "--dry-run", "--allow-any-command",
+                       "--runs-dir", str(tmp_path)]) == 0
+    assert "train.py --model.arch=resnet50" in capsys.readouterr().out
+
+
+@pytest.fixture
+def offline_workdir(tmp_path, monkeypatch):
+    """A working folder with the repo's configs, W&B offline with all its folders inside."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        (tmp_path / name.lower()).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, capsys):
+    sweep = {"name": "tiny", "method": "grid",
+             "metric": {"name": "val/top1_err", "goal": "minimize"},
+             "parameters": {"model.arch": {"values": [
+                 "resnext29_1x64d", "resnext29_2x64d", "no_such_net"]}},
+             "command": ["${env}", "${interpreter}", "-m", "resnext_lit", "fit",
+                         "--config", "configs/demo.yaml", "--config",
+                         "configs/logger/wandb.yaml", *TINY_FIT, "${args}"]}
+    Path("tiny.yaml").write_text(yaml.safe_dump(sweep))
+    state_path = Path("runs/sweeps/tiny/state.json")
+
+    def records():
+        return sorted(p for p in Path("runs").rglob("results.json")
+                      if "sweeps" not in p.parts)
+
+    def state():
+        return {r["params"]["model.arch"]: r for r in json.loads(state_path.read_text())
+                ["runs"].values()}
+
+    assert sweep_main(["tiny.yaml", "--count", "1"]) == 0   # first point only
+    assert [r["status"] for r in state().values()] == ["finished", "pending", "pending"]
+    assert len(records()) == 1
+
+    assert sweep_main(["tiny.yaml"]) == 1  # resumed: the other two; the unknown arch fails
+    runs = state()
+    assert runs["resnext29_1x64d"]["attempts"] == 1  # not run again
+    assert runs["resnext29_2x64d"]["status"] == "finished"
+    assert runs["no_such_net"]["status"] == "failed" and runs["no_such_net"]["returncode"] == 2
+    assert len(records()) == 2
+    for arch in ("resnext29_1x64d", "resnext29_2x64d"):
+        record = json.loads(Path(runs[arch]["results"]).read_text())
+        assert record["status"] == "finished" and record["arch"] == arch
+        assert Path(runs[arch]["wandb_dir"]).is_dir()  # a real offline W&B run
+        assert "--model.arch=" + arch in runs[arch]["argv"]
+
+    assert sweep_main(["tiny.yaml"]) == 1  # only the failed run is tried again
+    runs = state()
+    assert runs["no_such_net"]["attempts"] == 2 and runs["resnext29_2x64d"]["attempts"] == 1
+    assert len(records()) == 2
+    out = capsys.readouterr().out
+    assert "3 runs, 2 finished, 1 to run now" in out and "wandb sync" in out
+
+    assert table_main(["--runs", "runs/sweeps/tiny", "--out", "tables"]) == 0
+    text = Path("tables/tables.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
+            if line.startswith("| resnext29") or line.startswith("| no_such_net")}
+    assert set(rows) == {"resnext29_1x64d", "resnext29_2x64d", "no_such_net"}
+    assert "1x4d" in rows["resnext29_1x64d"] and "2x4d" in rows["resnext29_2x64d"]
+    assert "- (failed)" in rows["no_such_net"]
+    pngs = list(Path("tables").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
