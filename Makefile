@@ -1,5 +1,5 @@
 # resnext_lit: `make test` and `make demo` set everything up themselves (scripts/setup.sh).
-.PHONY: setup test demo demo-sweep models clean
+.PHONY: setup test demo demo-sweep bench models clean
 
 setup:
 	@scripts/setup.sh
@@ -16,6 +16,10 @@ demo-sweep: setup
 	.venv/bin/python -m resnext_lit sweep sweeps/demo_cardinality.yaml; status=$$?; \
 	.venv/bin/python -m resnext_lit table --runs runs/sweeps/demo-cardinality \
 	    --out runs/sweeps/demo-cardinality/tables && exit $$status
+
+# Speed claims as ratios against baselines measured in the same run (~4 min on 2 cores).
+bench: setup
+	.venv/bin/python -m resnext_lit bench all --out runs/bench/all.json
 
 models: setup
 	.venv/bin/python -m resnext_lit models
