@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .models import create_model
+from .reliability import NonFiniteGuard
 from .schedules import check_schedule, lr_factor
 
 REFERENCE_BATCH = 256  # the paper's lr 0.1 is for 256 images per step (Sec. 4, Goyal et al.)
@@ -43,6 +44,8 @@ class ResNeXtModule(LightningModule):
         channels_last, compile: memory format and `torch.compile` for speed on GPUs.
         ema_decay: keep an exponential moving average of the weights, evaluated on val.
         flip_tta: average the logits of the image and its mirror at validation.
+        nonfinite_loss: on a NaN/inf training loss, "stop" (one line naming the step, epoch and
+            lr) or "skip" the step (`resnext_lit.reliability.NonFiniteGuard`).
     """
 
     def __init__(self, arch: str = "resnext50_32x4d", num_classes: int = 1000,
@@ -56,7 +59,8 @@ class ResNeXtModule(LightningModule):
                  milestones: list[int] = [30, 60], gamma: PositiveFloat = 0.1,  # noqa: B006
                  warmup_epochs: NonNegativeFloat = 0.0, peak_epoch: PositiveFloat = 2.0,
                  label_smoothing: NonNegativeFloat = 0.0, channels_last: bool = False,
-                 compile: bool = False, ema_decay: float | None = None, flip_tta: bool = False):
+                 compile: bool = False, ema_decay: float | None = None, flip_tta: bool = False,
+                 nonfinite_loss: Literal["stop", "skip"] = "stop"):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
@@ -76,6 +80,7 @@ class ResNeXtModule(LightningModule):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
         self._epoch_start, self._epoch_images = 0.0, 0
+        self._nonfinite = NonFiniteGuard(nonfinite_loss)
 
     # -- data on the device ------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -102,14 +107,19 @@ class ResNeXtModule(LightningModule):
         images, labels = batch
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        if not self._nonfinite.check(self, loss, batch_idx):
+            return None  # skipped: no backward, no update
         self.train_top1.update(logits.detach(), labels)
         self._epoch_images += images.shape[0] * self.trainer.world_size
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema is not None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Once per update (not per batch, which double-counts under gradient accumulation), and
+        # before the callbacks' on_train_batch_end, so a checkpoint saved there includes it.
+        if self.ema is not None and self._nonfinite.last_ok:
             self.ema.update_parameters(self.model)
 
     def on_train_epoch_end(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .models import ResNeXt, complexity
 
@@ -106,6 +107,7 @@ class ResultsWriter(Checkpoint):
             "config": self.config, "epochs": list(restored.get("epochs", [])),
             "best": None, "final": None, "wall_time_s": restored.get("wall_time_s", 0.0),
             "images_per_s": None, "world_size": trainer.world_size,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # finds the run after a requeue
             "hardware": hardware, "versions": versions}
         self._start = time.perf_counter() - self.record["wall_time_s"]
         self._write(trainer)
@@ -127,12 +129,15 @@ class ResultsWriter(Checkpoint):
         self._finish(trainer, "finished")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._finish(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt)
-                     else "failed")
+        # SIGTERMException: a preempted run (`resnext_lit.reliability`), resumable from last.ckpt.
+        stopped = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        reason = getattr(exception, "message", None) or str(exception) or type(exception).__name__
+        self._finish(trainer, "interrupted" if stopped else "failed", reason.splitlines()[0])
 
-    def _finish(self, trainer, status: str) -> None:
+    def _finish(self, trainer, status: str, reason: str | None = None) -> None:
         if trainer.is_global_zero and self.record:
             self.record["status"] = status
+            self.record["stop_reason"] = reason
             self._write(trainer)
 
     def _write(self, trainer) -> None:

@@ -1,0 +1,108 @@
+"""Checkpoint files that survive crashes: atomic writes, no NaN weights, one-line load errors.
+
+    python -m resnext_lit fit --config configs/demo.yaml   # every checkpoint goes through it
+    from resnext_lit.checkpoints import check_checkpoint
+    check_checkpoint("runs/demo/version_0/checkpoints/last.ckpt")   # ValueError in one line
+
+`AtomicCheckpointIO` (installed by `resnext_lit.reliability.Preemption` in place of Lightning's
+`TorchCheckpointIO`) writes each checkpoint to a temporary file in its own folder, fsyncs it and
+renames it over the old one: a crash, a kill or a full disk leaves the previous file, never half
+a file. Lightning 2.6's own "atomic" save writes through the system temp folder, which is a plain,
+interruptible copy when that folder is on another disk (and it holds the whole checkpoint in
+memory first). A state dict holding NaN or inf is never written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or inf; stopped before it reached a checkpoint."""
+
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` to a temporary file beside the target, fsync, `os.replace`, fsync the folder.
+
+    The temporary name must not look like `last*.ckpt`: `--ckpt_path last` takes the newest
+    file of that shape. Remote paths (s3://, ...) keep Lightning's fsspec transaction.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(f"refusing to save {path}: {len(bad)} weight tensors hold NaN or "
+                                 f"inf (first: {bad[0]}); the previous checkpoint is kept")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".saving-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+        try:  # os.open, not mkstemp: the checkpoint keeps the umask's permissions, not 0600
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself survives a power cut only once the folder is on disk
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        try:
+            return super().load_checkpoint(path, map_location, weights_only)
+        except Exception as err:  # one line naming the file, not torch's page of advice
+            raise ValueError(unreadable(path, err, weights_only)) from None
+
+
+def unreadable(path, err: BaseException, weights_only) -> str:
+    text = " ".join(str(err).split())
+    unsafe = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if unsafe or "Weights only load failed" in text:
+        detail = unsafe.group(0) if unsafe else "an object outside the allowed types"
+        return (f"checkpoint {path} holds Python objects that weights_only loading refuses "
+                f"({detail}); pass --weights_only=false only if you trust where it came from")
+    if isinstance(err, FileNotFoundError):
+        return f"checkpoint {path} does not exist"
+    reason = text.split(". ")[0][:160]  # torch adds a paragraph of advice after the cause
+    return (f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{reason}")
+
+
+def check_checkpoint(path, weights_only: bool = True) -> None:
+    """Raise a one-line ValueError unless `path` opens as a checkpoint (tensors stay on disk)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except Exception as err:
+        if "mmap" in str(err):  # a legacy (non-zip) file: read it whole
+            try:
+                torch.load(path, map_location="cpu", weights_only=weights_only)
+                return
+            except Exception as again:
+                err = again
+        raise ValueError(unreadable(path, err, weights_only)) from None
+
+
+def last_checkpoint_path(trainer) -> Path:
+    """Where `fit --ckpt_path last` looks: the ModelCheckpoint's folder (the run's checkpoints/)."""
+    callback = trainer.checkpoint_callback
+    folder = getattr(callback, "dirpath", None) or Path(trainer.log_dir or trainer.default_root_dir,
+                                                        "checkpoints")
+    name = getattr(callback, "CHECKPOINT_NAME_LAST", "last") + ".ckpt"
+    return Path(folder) / name

@@ -1,0 +1,428 @@
+"""Preemption, exact resume, atomic checkpoints, non-finite losses, W&B after a crash.
+
+    .venv/bin/python -m pytest -q tests/test_reliability.py
+
+Every run is a real `python -m resnext_lit fit` subprocess on the embedded digits (tiny model,
+6 steps per epoch, CPU, deterministic). Signals are real: the test process sends them while the
+run waits at a known step (`PauseAtStep` below, loaded by the run through PYTHONPATH), so where
+they land is exact and the test never races the training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback
+
+from resnext_lit.checkpoints import (AtomicCheckpointIO, NonFiniteError, check_checkpoint,
+                                     unreadable)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+STEPS_PER_EPOCH, EPOCHS = 6, 3
+RUN = ["fit", "--config", DEMO, "--model.depth=11", "--model.cardinality=2",
+       "--model.bottleneck_width=2", "--data.init_args.image_size=16", "--model.warmup_epochs=0",
+       "--trainer.enable_progress_bar=false", f"--trainer.max_epochs={EPOCHS}",
+       f"--trainer.limit_train_batches={STEPS_PER_EPOCH}", "--trainer.limit_val_batches=2",
+       "--model.ema_decay=0.9", "--trainer.deterministic=true"]
+EXACT = 1e-6  # CPU, one thread order, same seeds: resumed and uninterrupted runs agree bit for
+#               bit in practice; this leaves room for a float printed and parsed back
+TIMEOUT_S = 600
+
+
+# -- hooks the training subprocesses load (`--trainer.callbacks+=test_reliability.X`) ---------
+class PauseAtStep(Callback):
+    """At `step`, write `ready` and wait until `go` exists: the test signals the run meanwhile.
+
+    User callbacks run before the repo's own, so `Preemption` sees the signal at the end of this
+    very step."""
+
+    def __init__(self, step: int, folder: str = "."):
+        self.step, self.folder = step, Path(folder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            (self.folder / "ready").write_text(str(os.getpid()))
+            stop = time.monotonic() + TIMEOUT_S
+            while not (self.folder / "go").exists() and time.monotonic() < stop:
+                time.sleep(0.02)
+
+
+class NaNAt(Callback):
+    """Poison the run at `step`: NaN logits for that one step ("loss"), or NaN in a weight just
+    before the epoch's validation and checkpoint ("weights")."""
+
+    def __init__(self, step: int, what: str = "loss"):
+        self.step, self.what = step, what
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.what == "loss" and trainer.global_step == self.step:
+            def once(module, inputs, output):
+                handle.remove()
+                return output * float("nan")
+            handle = pl_module.model.fc.register_forward_hook(once)
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.what == "weights" and trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.fc.weight[0, 0] = float("nan")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def env_for(tmp: Path, **extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), WANDB_MODE="offline",
+               WANDB_DIR=str(tmp / "wandb"), WANDB_CACHE_DIR=str(tmp / "wandb-cache"),
+               WANDB_CONFIG_DIR=str(tmp / "wandb-config"), WANDB_DATA_DIR=str(tmp / "wandb-data"))
+    return {**env, **extra}
+
+
+def fit(cwd: Path, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnext_lit", *RUN, *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=TIMEOUT_S, env=env or env_for(cwd))
+
+
+def fit_signalled(cwd: Path, step: int, sig: int, *args, env=None) -> subprocess.CompletedProcess:
+    """The run, sent `sig` from this process while it waits at `step`."""
+    proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", *RUN,
+                             "--trainer.callbacks+=test_reliability.PauseAtStep",
+                             f"--trainer.callbacks.step={step}", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or env_for(cwd))
+    try:
+        stop = time.monotonic() + TIMEOUT_S
+        while not (cwd / "ready").exists() and proc.poll() is None and time.monotonic() < stop:
+            time.sleep(0.05)
+        assert (cwd / "ready").exists(), proc.communicate()[1][-3000:]
+        proc.send_signal(sig)
+        (cwd / "go").touch()
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (cwd / "ready").unlink()
+    (cwd / "go").unlink()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_dir(cwd: Path) -> Path:
+    (folder,) = (cwd / "runs" / "demo").glob("version_*")
+    return folder
+
+
+def record(cwd: Path) -> dict:
+    return json.loads((run_dir(cwd) / "results.json").read_text())
+
+
+def last_ckpt(cwd: Path) -> dict:
+    return torch.load(run_dir(cwd) / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def all_finite(ckpt: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()
+               if v.is_floating_point())
+
+
+def errors(out) -> list[str]:
+    return [line for line in out.stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Same epochs, steps, lrs, val metrics, weights, EMA weights and optimiser momentum."""
+    ra, rb = record(a), record(b)
+    assert ra["status"] == rb["status"] == "finished"
+    assert [(e["epoch"], e["step"]) for e in ra["epochs"]] == \
+        [(e["epoch"], e["step"]) for e in rb["epochs"]]
+    for ea, eb in zip(ra["epochs"], rb["epochs"]):
+        for key in ("lr", "val/loss", "val/top1_err", "val/top5_err"):
+            assert eb[key] == pytest.approx(ea[key], abs=EXACT), (ea["epoch"], key)
+    ca, cb = last_ckpt(a), last_ckpt(b)
+    assert ca["global_step"] == cb["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    assert any(k.startswith("ema.") for k in ca["state_dict"])
+    for key, value in ca["state_dict"].items():
+        assert torch.allclose(value.double(), cb["state_dict"][key].double(), atol=EXACT), key
+    for sa, sb in zip(ca["optimizer_states"][0]["state"].values(),
+                      cb["optimizer_states"][0]["state"].values()):
+        assert torch.allclose(sa["momentum_buffer"], sb["momentum_buffer"], atol=EXACT)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    out = fit(cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cwd
+
+
+# -- preemption and exact resume -------------------------------------------------------------
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_resume_is_exact(tmp_path, uninterrupted):
+    # The signal arrives as step 3 ends: the run saves there and stops inside epoch 0.
+    out = fit_signalled(tmp_path, 3, signal.SIGTERM)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    path = Path("runs/demo/version_0/checkpoints/last.ckpt")
+    assert last == (f"stopped by SIGTERM at epoch 0, step 3: saved {path}; resume with the "
+                    "same command plus --ckpt_path last"), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    rec = record(tmp_path)
+    assert rec["status"] == "interrupted" and rec["stop_reason"] == last and rec["epochs"] == []
+    ckpt = last_ckpt(tmp_path)  # weights_only=True: our checkpoints need no pickled objects
+    assert ckpt["global_step"] == 3 and ckpt["epoch"] == 0
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 3
+    assert not list(tmp_path.rglob("*.partial"))
+
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (tmp_path / "runs/demo/version_1").exists()
+    assert sorted(p.name for p in (run_dir(tmp_path) / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert_same_training(uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigusr1_in_an_epochs_last_step_stops_at_the_epoch_boundary(tmp_path, uninterrupted):
+    # Step 6 is epoch 0's last: the run validates, records epoch 0, and stops before epoch 1.
+    out = fit_signalled(tmp_path, STEPS_PER_EPOCH, signal.SIGUSR1)
+    assert out.returncode == 128 + signal.SIGUSR1, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("stopped by SIGUSR1 at epoch 1, step 6")
+    rec = record(tmp_path)
+    assert rec["status"] == "interrupted"
+    assert [(e["epoch"], e["step"]) for e in rec["epochs"]] == [(0, 6)]
+    assert "val/top1_err" in rec["epochs"][0]  # the validation ran to the end
+    assert last_ckpt(tmp_path)["global_step"] == 6
+
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_slurm_sigusr1_requeues_and_the_requeued_job_resumes(tmp_path, uninterrupted):
+    """SLURM's warning signal under a (simulated) SLURM job: `scontrol requeue <job>`, then the
+    job's unchanged command, rerun by SLURM with SLURM_RESTART_COUNT=1, continues the run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = dict(SLURM_JOB_ID="4242", SLURM_JOB_NAME="train", SLURM_NTASKS="1", SLURM_PROCID="0",
+                 SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NNODES="1",
+                 SLURM_NTASKS_PER_NODE="1", SLURM_NODELIST="localhost",
+                 SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+                 PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = fit_signalled(tmp_path, 3, signal.SIGUSR1, env=env_for(tmp_path, **slurm))
+    assert out.returncode == 128 + signal.SIGUSR1, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "requeued SLURM job 4242; it resumes from there")
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert record(tmp_path)["slurm_job_id"] == "4242"
+
+    again = fit(tmp_path, env=env_for(tmp_path, SLURM_RESTART_COUNT="1", **slurm))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "SLURM job 4242 restarted: resuming runs/demo/version_0" in again.stderr
+    assert not (tmp_path / "runs/demo/version_1").exists()
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert_same_training(uninterrupted, tmp_path)
+
+
+# -- non-finite losses -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_path):
+    out = fit(tmp_path, "--trainer.callbacks+=test_reliability.NaNAt", "--trainer.callbacks.step=8")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert errors(out) == [errors(out)[-1]] and "Traceback" not in out.stderr
+    lr = 0.1 * 0.5 * (1 + math.cos(math.pi * 8 / (EPOCHS * STEPS_PER_EPOCH)))  # demo: cosine
+    assert errors(out)[-1].startswith(
+        f"error: nan training loss at step 8 (epoch 1, batch 2) with lr {lr:.4g}; stopped before "
+        "any checkpoint saw it"), out.stderr[-3000:]
+    rec = record(tmp_path)
+    assert rec["status"] == "failed" and rec["stop_reason"].startswith("nan training loss")
+    ckpt = last_ckpt(tmp_path)
+    assert ckpt["global_step"] == STEPS_PER_EPOCH  # epoch 0's, untouched
+    assert all_finite(ckpt)
+
+
+@pytest.mark.slow
+def test_nan_weights_never_reach_a_checkpoint(tmp_path):
+    out = fit(tmp_path, "--trainer.callbacks+=test_reliability.NaNAt",
+              "--trainer.callbacks.step=12", "--trainer.callbacks.what=weights")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert errors(out)[-1].startswith("error: refusing to save runs/demo/version_0/checkpoints/")
+    assert "weight tensors hold NaN or inf (first: model.fc.weight)" in errors(out)[-1]
+    assert last_ckpt(tmp_path)["global_step"] == STEPS_PER_EPOCH  # epoch 0's, untouched
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_nan_loss_skipped_when_asked(tmp_path):
+    out = fit(tmp_path, "--model.nonfinite_loss=skip",
+              "--trainer.callbacks+=test_reliability.NaNAt", "--trainer.callbacks.step=8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped a step: nan training loss at step 8 (epoch 1, batch 2)" in out.stderr
+    rec = record(tmp_path)
+    assert rec["status"] == "finished"
+    assert [e["step"] for e in rec["epochs"]] == [6, 12, 18]  # the skipped step still counts
+    ckpt = last_ckpt(tmp_path)
+    assert all_finite(ckpt)
+
+
+# -- checkpoint files --------------------------------------------------------------------------
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full (injected)")
+
+
+def test_atomic_save_leaves_the_old_file_when_a_save_fails(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    before = path.read_bytes()
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+    big = {"state_dict": {"w": torch.zeros(1_000_000)}, "extra": [torch.zeros(10), Unpicklable()]}
+    with pytest.raises(RuntimeError, match="injected"):
+        io.save_checkpoint(big, path)  # fails half-way through writing
+    with pytest.raises(NonFiniteError, match=r"refusing to save .*last\.ckpt: 1 weight tensors "
+                                             r"hold NaN or inf \(first: w\)"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert io.load_checkpoint(path)["global_step"] == 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_unreadable_checkpoints_fail_in_one_line(tmp_path):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, good)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "hparams": argparse_namespace()}, unsafe)
+    check_checkpoint(good)
+    for path, message in ((truncated, "is not a readable PyTorch checkpoint (truncated or "
+                                      "corrupt?)"),
+                          (unsafe, "holds Python objects that weights_only loading refuses "
+                                   "(Unsupported global: GLOBAL argparse.Namespace)"),
+                          (tmp_path / "missing.ckpt", "does not exist")):
+        with pytest.raises(ValueError) as err:
+            check_checkpoint(path)
+        assert str(err.value).startswith(f"checkpoint {path}") and message in str(err.value)
+        assert "\n" not in str(err.value)
+        with pytest.raises(ValueError, match=message.split(" (")[0]):
+            AtomicCheckpointIO().load_checkpoint(path, weights_only=True)
+    check_checkpoint(unsafe, weights_only=False)  # the user's explicit opt-out
+    assert "weights_only" in unreadable(unsafe, Exception("Weights only load failed"), True)
+
+
+def argparse_namespace():
+    import argparse
+    return argparse.Namespace(lr=0.1)
+
+
+@pytest.mark.slow
+def test_checkpoints_load_weights_only_unless_the_user_opts_out(tmp_path, uninterrupted):
+    ckpt = last_ckpt(uninterrupted)
+    ckpt["note"] = argparse_namespace()  # a pickled object, as older code or other tools made
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save(ckpt, unsafe)
+    common = ["validate", "--config", DEMO, "--model.depth=11", "--model.cardinality=2",
+              "--model.bottleneck_width=2", "--data.init_args.image_size=16",
+              "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2",
+              f"--ckpt_path={unsafe}"]
+    run = dict(cwd=tmp_path, text=True, capture_output=True, timeout=TIMEOUT_S,
+               env=env_for(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "resnext_lit", *common], **run)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert errors(out) == [f"error: checkpoint {unsafe} holds Python objects that weights_only "
+                           "loading refuses (Unsupported global: GLOBAL argparse.Namespace); "
+                           "pass --weights_only=false only if you trust where it came from"]
+    trusted = subprocess.run([sys.executable, "-m", "resnext_lit", *common,
+                              "--weights_only=false"], **run)
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert "val/top1_err" in trusted.stdout
+
+
+def test_class_names_from_a_sidecar_never_reach_outside_the_image_folder(tmp_path):
+    """The writer takes val's classes from the train sidecar (`--classes`): a crafted name like
+    "../outside" must not make it read files outside the folder it was given."""
+    from PIL import Image
+
+    from resnext_lit.data.beton import _plan
+
+    for folder in ("val/ant", "val/bee", "outside"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "x.png")
+    sidecar = tmp_path / "train.beton.json"
+    sidecar.write_text(json.dumps({"classes": ["../outside", "ant", "bee", "/etc"]}))
+    samples, classes, _, source = _plan(tmp_path / "val", str(sidecar), None, None)
+    assert classes[0] == "../outside"  # kept as a name (indices must match train's) ...
+    assert sorted(label for _, label in samples) == [1, 2]  # ... but nothing is read through it
+    assert all(Path(path).resolve().parent.parent == source.resolve() for path, _ in samples)
+
+
+# -- W&B after a crash -------------------------------------------------------------------------
+def wandb_records(path: Path) -> list:
+    """Records of a .wandb file, read as W&B writes it (LevelDB log format: 32 KiB blocks of
+    CRC-32-checked chunks, each record a `wandb_internal_pb2.Record`). Fails on a torn record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a .wandb file"
+    records, pos, parts = [], 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's trailer
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if (crc, length, kind) == (0, 0, 0):
+            pos += block - pos % block
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        assert len(chunk) == length and kind in (1, 2, 3, 4), f"torn record at byte {pos}"
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad checksum at {pos}"
+        parts, pos = parts + chunk, pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            records.append(wandb_internal_pb2.Record.FromString(parts))
+            parts = b""
+    return records
+
+
+def wandb_run(cwd: Path) -> tuple[Path, list]:
+    (folder,) = (cwd / "runs" / "wandb").glob("offline-run-*")
+    (file,) = folder.glob("run-*.wandb")
+    return folder, wandb_records(file)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_complete_after_a_crash(tmp_path):
+    out = fit(tmp_path, "--config", str(ROOT / "configs/logger/wandb.yaml"),
+              "--trainer.log_every_n_steps=1", "--trainer.callbacks+=test_reliability.NaNAt",
+              "--trainer.callbacks.step=8")
+    assert out.returncode == 1, out.stderr[-3000:]
+    folder, records = wandb_run(tmp_path)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert kinds.count("run") == 1
+    (exit_record,) = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+    assert exit_record.exit_code == 1  # W&B will show the run as crashed, not running forever
+    steps = [json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "history"
+             for i in r.history.item if "/".join(i.nested_key) == "trainer/global_step"]
+    assert max(steps) >= 7  # logged up to the step before the NaN
+    config = {u.key for r in records if r.WhichOneof("record_type") == "config"
+              for u in r.config.update}
+    assert {"arch", "cardinality", "params"} <= config
+    sync = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(folder)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=env_for(tmp_path))
+    assert sync.returncode == 0 and "Would sync 1 run" in sync.stdout + sync.stderr
