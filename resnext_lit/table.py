@@ -331,7 +331,14 @@ def load_local(runs_dir: str | Path) -> list[dict]:
     if not paths:
         raise ValueError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
                          "or run a sweep first")
-    return [json.loads(p.read_text()) for p in sorted(paths)]
+    return [_read_record(p) for p in sorted(paths)]
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable results.json ({err})") from None
 
 
 def record_from_wandb(run) -> dict:
