@@ -47,6 +47,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 "$PY" - <<'EOF'
 import importlib, platform
+from importlib import metadata
 print("python", platform.python_version())
 for name in ("torch", "lightning", "torchmetrics", "numba", "numpy", "cv2", "jsonargparse", "ffcv"):
     try:
@@ -56,7 +57,11 @@ for name in ("torch", "lightning", "torchmetrics", "numba", "numpy", "cv2", "jso
             except ImportError:
                 pass
         module = importlib.import_module(name)
-        print(f"{name:13s}", getattr(module, "__version__", "?"))
+        try:
+            version = metadata.version(name)  # ffcv's own __version__ is stale
+        except metadata.PackageNotFoundError:
+            version = getattr(module, "__version__", "?")
+        print(f"{name:13s}", version)
     except Exception as err:
         print(f"{name:13s} NOT IMPORTABLE: {type(err).__name__}: {str(err).splitlines()[0]}")
 EOF
