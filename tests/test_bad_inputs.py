@@ -5,8 +5,7 @@ traceback, nothing half-written left behind.
 
 One table, one subprocess per row (`python -m resnext_lit ...`, as a user runs it), across the
 training CLI, the checkpoint loader, the datamodules, the .beton writer, the sweep runner and the
-table builder. The rows share one small prepared dataset (`bad`, built once). A row whose fix
-belongs to another module is a strict xfail naming the gap, so it fails loudly once fixed.
+table builder. The rows share one small prepared dataset (`bad`, built once).
 """
 
 from __future__ import annotations
@@ -107,7 +106,6 @@ FIT = ["fit", "--config", DEMO, *TINY]
 FIT_FFCV = [*FIT, *FFCV, f"--data.init_args.train_path={B}/train.beton",
             f"--data.init_args.val_path={B}/val.beton"]
 WRITE = ["write-beton", "--no-progress", "--workers=1", "--max-side=24"]
-GAP = "strict xfail: a known gap; fix it, then drop the mark"
 
 # (id, argv, culprit: text(s) the one error line must contain, exit status or None: non-zero)
 ROWS = [
@@ -147,11 +145,8 @@ ROWS = [
      "cannot write to output folder", 2),
     ("writer: missing input", [*WRITE, "--train={root}/nope", "--out={root}/out_missing"],
      "nope does not exist", 2),
-    pytest.param("writer: full disk", [*WRITE, "--train={train}", "--write-mode=raw",
-                                       "--out={root}/out_full"],
-                 "File too large", None, id="writer: full disk",
-                 marks=pytest.mark.xfail(strict=True, reason=f"{GAP}: data/workers.py raises "
-                                         "RuntimeError, printed as two tracebacks")),
+    ("writer: full disk", [*WRITE, "--train={train}", "--write-mode=raw", "--out={root}/out_full"],
+     ("writing", "train.beton failed", "[Errno 27] File too large (disk full?)"), 1),
     # the sweep runner (W&B sweep files, run locally)
     ("sweep: bad method", ["sweep", "{root}/sweep_method.yaml", "--dry-run"], "gird", 2),
     ("sweep: null value", ["sweep", "{root}/sweep_null.yaml", "--dry-run"],
@@ -171,18 +166,14 @@ ROWS = [
 FULL_DISK_ROW = "writer: full disk"
 
 
-def _row_id(row) -> str:
-    return row.id if hasattr(row, "id") else row[0]
-
-
 def test_the_table_covers_every_tool_with_at_least_20_rows():
     assert len(ROWS) >= 20
-    commands = {(row.values if hasattr(row, "values") else row)[1][0] for row in ROWS}
+    commands = {argv[0] for _, argv, _, _ in ROWS}
     assert {"fit", "validate", "write-beton", "sweep", "table"} <= commands
 
 
 @pytest.mark.parametrize("name, argv, culprit, status", ROWS,
-                         ids=[_row_id(r) for r in ROWS])
+                         ids=[row[0] for row in ROWS])
 def test_bad_input(bad, tmp_path, name, argv, culprit, status):
     paths = {k: str(v) for k, v in bad.items()}
     argv = [a.format(**paths) for a in argv]

@@ -26,6 +26,7 @@ from scipy.io import savemat
 from resnext_lit.cli import main as cli
 from resnext_lit.data.beton import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
 from resnext_lit.data.images import BadImage, load_rgb
+from resnext_lit.data.workers import WriteFailed
 from resnext_lit.data.sidecar import read_beton_info, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,9 +216,12 @@ def test_failed_worker_leaves_nothing_and_rerun_succeeds(tmp_path, beton_make_fo
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(MemoryAllocator, "flush_page", disk_full)  # forked workers inherit it
-    with deadline(WRITE_TIMEOUT_S), pytest.raises(RuntimeError, match="died with exit code"):
+    with deadline(WRITE_TIMEOUT_S), pytest.raises(WriteFailed) as failed:
         write_beton(train, beton, max_side=32, workers=2, progress=False)
-    assert sorted(p.name for p in beton.parent.iterdir()) == [f"train.beton{REPORT_SUFFIX}"]
+    message = str(failed.value)
+    assert message.endswith("failed: OSError: [Errno 28] No space left on device (injected) "
+                            "(disk full?)") and "\n" not in message, message
+    assert list(beton.parent.iterdir()) == []  # no .partial, no report of an unwritten .beton
     monkeypatch.undo()
     with deadline(WRITE_TIMEOUT_S):
         result = write_beton(train, beton, max_side=32, workers=2, progress=False)

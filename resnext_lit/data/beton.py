@@ -16,7 +16,8 @@ Every file is decoded once in a parallel scan first: truncated, zero-byte and un
 are skipped and listed (path, reason) in `<beton>.skipped.tsv` and in the summary; CMYK,
 grayscale, palette, RGBA and PNG-named-.jpg files become RGB. Skips do not fail the write (exit
 status 0, printed, counted in the sidecar) because one bad file should not cost an hour of
-ImageNet writing; `--strict` makes any skip fatal (exit status 1, no .beton). Bad arguments exit
+ImageNet writing; `--strict` makes any skip fatal (exit status 1, no .beton). A failed write (full
+disk, I/O error) exits with status 1 and the worker's error as one line. Bad arguments exit
 with status 2 and one line. The .beton is written as `<beton>.partial` and renamed only when
 complete, so Ctrl-C, a crash or a full disk never leave a file under the final name; a rerun
 replaces the stale partial file.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +39,7 @@ import numpy as np
 from .images import list_classes, list_image_folder
 from .imagenet_val import flat_val_samples, read_val_labels
 from .sidecar import FIELDS, SIDECAR_FORMAT, fingerprint, sidecar_path, write_json_atomic
-from .workers import BetonRecords, check_free_space, ffcv_write, page_size, scan
+from .workers import BetonRecords, WriteFailed, check_free_space, ffcv_write, page_size, scan
 
 DEFAULT_MAX_SIDE = 500  # ffcv-imagenet's max_res
 DEFAULT_WRITE_MODE = "proportion"
@@ -47,7 +49,7 @@ WRITE_MODES = ("proportion", "jpg", "raw")
 MAX_FFCV_SIDE = 65535  # FFCV stores width and height as uint16
 PARTIAL_SUFFIX, REPORT_SUFFIX = ".partial", ".skipped.tsv"
 SUMMARY_LINES = 10  # skipped files printed in the summary; the report lists all
-EXIT_SKIPPED_STRICT, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 class StrictSkipError(RuntimeError):
@@ -181,8 +183,8 @@ def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, stric
     _check_output(beton)
     good, bad, raw_bytes = scan(samples, options.max_side, workers, progress, split)
     skipped = skipped + bad
-    _write_report(beton, skipped)
     if strict and skipped:
+        _write_report(beton, skipped)
         raise StrictSkipError(f"{split}: {len(skipped)} files skipped and --strict is set; "
                               f"nothing written (see {beton}{REPORT_SUFFIX})")
     if not good:
@@ -199,7 +201,7 @@ def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, stric
     partial_path.unlink(missing_ok=True)  # new inode: orphans of a killed run write elsewhere
     try:
         ffcv_write(partial_path, BetonRecords(good, options.max_side, options.seed), workers,
-                   fields, page)
+                   fields, page, progress)
         counts = np.bincount([label for _, label in good], minlength=len(classes)).tolist()
         info = {"format": SIDECAR_FORMAT, "split": split, "source": str(source.resolve()),
                 "classes": classes, "class_counts": counts, "num_records": len(good),
@@ -208,6 +210,7 @@ def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, stric
                 "fingerprint": fingerprint(partial_path),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.replace(partial_path, beton)
+        _write_report(beton, skipped)  # only now: a report never describes a .beton not written
         write_json_atomic(sidecar_path(beton), info)
     finally:
         partial_path.unlink(missing_ok=True)
@@ -233,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m resnext_lit write-beton",
         description="ImageFolder trees -> FFCV .beton files (+ .json sidecars, skip reports).",
         epilog="exit status: 0 written (skipped files are listed, not fatal), 1 files skipped "
-               "under --strict, 2 bad arguments, 130 interrupted; never a half-written .beton")
+               "under --strict or the write failed (full disk, I/O error), 2 bad arguments, 130 interrupted; never a half-written .beton")
     p.add_argument("--train", help="train ImageFolder: ROOT/<class>/<image>")
     p.add_argument("--val", help="val ImageFolder, or ImageNet's flat val folder with --val-labels")
     p.add_argument("--val-labels",
@@ -252,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the JPEG-or-raw choice per record")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 1, no .beton) if any file is skipped")
-    p.add_argument("--no-progress", action="store_true", help="no scan progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (scan and write)")
     return p
 
 
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     options = WriteOptions(args.max_side, args.write_mode, args.compress_probability,
                            args.jpeg_quality, args.seed)
     workers = _check_workers(args.workers)
-    beton = None
+    beton, created = None, _first_missing(out)
     try:
         # Plan every split before writing any, so a bad val argument fails in seconds, not hours.
         plans = []
@@ -282,8 +285,26 @@ def main(argv: list[str] | None = None) -> int:
             print(_summary(result, plan[1]))
     except StrictSkipError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_SKIPPED_STRICT
+        return EXIT_FAILED
+    except WriteFailed as err:
+        print(f"error: writing {beton} failed: {err}; nothing written", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"\ninterrupted: nothing written under {beton or out}")
         return EXIT_INTERRUPTED
+    finally:
+        # A folder this run created and left without a file goes too: no trace of a failed write.
+        if created is not None and created.is_dir() and not any(
+                path.is_file() for path in created.rglob("*")):
+            shutil.rmtree(created)
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) makes)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
