@@ -213,6 +213,19 @@ def test_workers_above_the_cores_warn_and_train(bad, tmp_path):
     assert len(warned) == 1 and "usable cores; using" in warned[0], out.stderr[-3000:]
 
 
+@pytest.mark.parametrize("datamodule", ["digits.DigitsDataModule", "synthetic.SyntheticDataModule"])
+def test_in_memory_datamodules_clip_workers_too(datamodule):
+    import importlib
+
+    from resnext_lit.data.shards import usable_cores
+
+    module, name = datamodule.split(".")
+    cls = getattr(importlib.import_module(f"resnext_lit.data.{module}"), name)
+    with pytest.warns(UserWarning, match="data.num_workers=999 is more than the"):
+        data = cls(num_workers=999)
+    assert data.num_workers == usable_cores() < 999
+
+
 def test_a_truncated_checkpoint_is_named_even_via_ckpt_path_last(bad, tmp_path):
     folder = tmp_path / "runs/demo/version_0/checkpoints"
     folder.mkdir(parents=True)

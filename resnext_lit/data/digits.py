@@ -18,6 +18,8 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .shards import clip_workers
+
 CLASSES = tuple(str(i) for i in range(10))
 
 
@@ -62,6 +64,7 @@ class DigitsDataModule(LightningDataModule):
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.batch_size, self.image_size = batch_size, image_size
+        self.num_workers = clip_workers(num_workers)
 
     def setup(self, stage: str) -> None:
         images, labels = digits_uint8(self.image_size)
@@ -72,10 +75,10 @@ class DigitsDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.hparams.num_workers)
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader

@@ -11,6 +11,8 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from .shards import clip_workers
+
 
 class SyntheticDataModule(LightningDataModule):
     """Fixed random uint8 images (seeded, so every run and rank sees the same set)."""
@@ -23,6 +25,7 @@ class SyntheticDataModule(LightningDataModule):
             raise ValueError(f"data.num_classes must be >= 1, got {num_classes}")
         self.save_hyperparameters()
         self.num_classes, self.image_size, self.batch_size = num_classes, image_size, batch_size
+        self.num_workers = clip_workers(num_workers)
 
     def _dataset(self, n: int, offset: int) -> TensorDataset:
         g = torch.Generator().manual_seed(self.hparams.seed + offset)
@@ -32,11 +35,11 @@ class SyntheticDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset(self.hparams.num_train, 0), self.batch_size,
-                          shuffle=True, drop_last=True, num_workers=self.hparams.num_workers)
+                          shuffle=True, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset(self.hparams.num_val, 1), self.batch_size,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.num_workers)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader
