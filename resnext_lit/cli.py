@@ -53,7 +53,8 @@ class ResNeXtCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Any LightningDataModule by class path; the embedded digits when none is given.
         parser.set_defaults({"data": {"class_path": "resnext_lit.data.digits.DigitsDataModule"}})
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        for linked in ("num_classes", "mean", "std"):  # the data decides; never typed twice
+            parser.link_arguments(f"data.{linked}", f"model.{linked}", apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -46,6 +46,8 @@ class ResNeXtModule(LightningModule):
         flip_tta: average the logits of the image and its mirror at validation.
         nonfinite_loss: on a NaN/inf training loss, "stop" (one line naming the step, epoch and
             lr) or "skip" the step (`resnext_lit.reliability.NonFiniteGuard`).
+        mean, std: channel statistics on the 0-255 scale, subtracted and divided on the device;
+            linked from the DataModule by the CLI (ImageNet's, or CIFAR's for CIFAR).
     """
 
     def __init__(self, arch: str = "resnext50_32x4d", num_classes: int = 1000,
@@ -60,7 +62,9 @@ class ResNeXtModule(LightningModule):
                  warmup_epochs: NonNegativeFloat = 0.0, peak_epoch: PositiveFloat = 2.0,
                  label_smoothing: NonNegativeFloat = 0.0, channels_last: bool = False,
                  compile: bool = False, ema_decay: float | None = None, flip_tta: bool = False,
-                 nonfinite_loss: Literal["stop", "skip"] = "stop"):
+                 nonfinite_loss: Literal["stop", "skip"] = "stop",
+                 mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
@@ -77,8 +81,8 @@ class ResNeXtModule(LightningModule):
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), False)
         self._epoch_start, self._epoch_images = 0.0, 0
         self._nonfinite = NonFiniteGuard(nonfinite_loss)
 

@@ -108,3 +108,33 @@ def beton_varied_written(beton_varied_folder, tmp_path_factory) -> dict:
     result = write_beton(beton_varied_folder["root"], out, max_side=BETON_MAX_SIDE, workers=2,
                          progress=False)
     return {**beton_varied_folder, "beton": out, "result": result}
+
+
+def _write_cifar(root: Path, num_classes: int = 10, per_file: int = 24, seed: int = 0) -> Path:
+    """The official "python version" layout (pickled dicts of a uint8 [N, 3072] array and a label
+    list) with random images: the real format, not the real data (nothing is downloaded)."""
+    import pickle
+
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    rng = np.random.default_rng(seed)
+    release, key = (CIFAR10, "labels") if num_classes == 10 else (CIFAR100, "fine_labels")
+    folder = root / release.base_folder
+    folder.mkdir(parents=True)
+    for name, _ in (*release.train_list, *release.test_list):
+        batch = {"batch_label": name, "filenames": [f"{name}_{i}.png" for i in range(per_file)],
+                 "data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 key: rng.integers(0, num_classes, per_file).tolist()}
+        if num_classes == 100:
+            batch["coarse_labels"] = rng.integers(0, 20, per_file).tolist()
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = [f"class_{i}" for i in range(num_classes)]
+    (folder / release.meta["filename"]).write_bytes(
+        pickle.dumps({release.meta["key"]: names}, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_make():
+    """Factory: (root, num_classes=10 or 100, per_file=24, seed=0) -> root holding the layout."""
+    return _write_cifar

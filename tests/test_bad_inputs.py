@@ -139,6 +139,9 @@ ROWS = [
      "nosidecar.beton has no sidecar", 2),
     ("class-count mismatch", [*FIT_FFCV, f"--data.init_args.val_path={B}/val2.beton"],
      "val2.beton was written with other classes", 2),
+    ("cifar: not extracted", ["fit", "--config", str(ROOT / "configs/cifar_paper.yaml"), *TINY,
+                              "--data.init_args.root={root}/nope"],
+     "nope/cifar-10-batches-py/data_batch_1 does not exist: extract cifar-10-python.tar.gz", 2),
     ("val_res not positive", [*FIT_FFCV, "--data.init_args.val_res=0"], '"data.val_res"', 2),
     # the .beton writer
     ("writer: unwritable output", [*WRITE, "--train={train}", "--out={root}/a_file/out"],

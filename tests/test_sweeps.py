@@ -51,7 +51,8 @@ def test_sweep_file_is_a_valid_wandb_grid_over_model_arch(path):
     config = load_sweep(path)  # W&B's schema check, plus no nulls
     assert config["method"] == "grid"
     assert config["metric"] == {"name": "val/top1_err", "goal": "minimize"}
-    assert set(config["parameters"]) <= {"model.arch", "seed_everything"}
+    assert set(config["parameters"]) <= {"model.arch", "seed_everything",
+                                         "data.init_args.num_classes"}
     assert "values" in config["parameters"]["model.arch"]  # one categorical: C, d move together
     command = config["command"]
     assert command[:5] == ["${env}", "${interpreter}", "-m", "resnext_lit", "fit"]
@@ -74,13 +75,15 @@ def test_table4_grid_doubles_complexity_by_depth_width_and_cardinality():
         (200, 1, 64), (101, 1, 100), (101, 2, 64), (101, 64, 4)]
 
 
-def test_table7_grid_is_two_networks_times_ten_seeds():
+def test_table7_grid_is_two_networks_times_two_datasets_times_ten_seeds():
     points = grid_points(load_sweep(ROOT / "sweeps" / "table7_cifar.yaml"))
-    assert len(points) == 20
-    assert {(p["model.arch"], p["seed_everything"]) for p in points} == {
-        (a, s) for a in ("resnext29_8x64d", "resnext29_16x64d") for s in range(10)}
-    assert all(model_entry(a)["paper"]["cifar10_err"] for a in ("resnext29_8x64d",
-                                                                  "resnext29_16x64d"))
+    assert len(points) == 40
+    assert {(p["model.arch"], p["data.init_args.num_classes"], p["seed_everything"])
+            for p in points} == {(a, n, s) for a in ("resnext29_8x64d", "resnext29_16x64d")
+                                 for n in (10, 100) for s in range(10)}
+    assert all(model_entry(a)["paper"][f"cifar{n}_err"] for a in ("resnext29_8x64d",
+                                                                  "resnext29_16x64d")
+               for n in (10, 100))
 
 
 def test_fig7_grid_is_cardinality_series_and_width_series():
@@ -116,10 +119,13 @@ def test_every_agent_command_parses_with_the_project_cli(monkeypatch):
             assert parsed["model"]["arch"] == params["model.arch"]
             if "seed_everything" in params:
                 assert parsed["seed_everything"] == params["seed_everything"]
+            if "data.init_args.num_classes" in params:
+                assert parsed["data"]["init_args"]["num_classes"] == \
+                    params["data.init_args.num_classes"]
             loggers = parsed["trainer"]["logger"]
             assert [lg["class_path"] for lg in loggers][-1] == "resnext_lit.tracking.WandbLogger"
             checked += 1
-    assert checked == 5 + 5 + 4 + 20 + 9 + 4
+    assert checked == 5 + 5 + 4 + 40 + 9 + 4
 
 
 BAD = {

@@ -40,7 +40,7 @@ from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImag
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import Callback, LightningDataModule
 
-from . import CROP_RATIO, INCEPTION_RATIO, INCEPTION_SCALE
+from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
 from .shards import clip_workers, rank_and_world, rank_slice, usable_cores
 from .sidecar import read_beton_info
 
@@ -108,6 +108,8 @@ class FFCVDataModule(LightningDataModule):
             Lightning prefetches, so `batches_ahead - 1` wait in FFCV's queue).
         seed: shuffling seed; epoch e uses seed and e, so every epoch reshuffles reproducibly.
     """
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # linked into the model, which normalises
 
     def __init__(self, train_path: str, val_path: str, batch_size: PositiveInt = 256,
                  val_batch_size: PositiveInt | None = None, res: PositiveInt = 224,

@@ -27,7 +27,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from . import CROP_RATIO, INCEPTION_RATIO, INCEPTION_SCALE
+from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
 from .images import BadImage, list_classes, list_image_folder, load_rgb
 from .imagenet_val import flat_val_samples, read_val_labels
 from .shards import ExactShardSampler, clip_workers, rank_and_world
@@ -88,6 +88,8 @@ class ImageFolderDataModule(LightningDataModule):
         res, val_res, crop_scale, flip: as `FFCVDataModule`.
         num_workers: DataLoader worker processes, capped at the usable cores.
     """
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # linked into the model, which normalises
 
     def __init__(self, train_dir: str, val_dir: str, val_labels: str | None = None,
                  synsets: str | None = None, batch_size: PositiveInt = 256,

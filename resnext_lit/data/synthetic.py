@@ -11,11 +11,14 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import IMAGENET_MEAN, IMAGENET_STD
 from .shards import clip_workers
 
 
 class SyntheticDataModule(LightningDataModule):
     """Fixed random uint8 images (seeded, so every run and rank sees the same set)."""
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # linked into the model, which normalises
 
     def __init__(self, num_classes: int = 10, image_size: PositiveInt = 32,
                  num_train: PositiveInt = 256, num_val: PositiveInt = 64,
