@@ -147,3 +147,35 @@ def test_cifar_paper_config_trains_and_the_table_sees_cifar(cifar, tmp_path, num
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert tuple(hparams["mean"]) == mean and hparams["num_classes"] == num_classes
     assert len(record["epochs"]) == 2 and np.isfinite(record["epochs"][-1]["val/loss"])
+
+
+@pytest.mark.slow
+def test_ddp_validates_every_test_image_once(cifar_make, tmp_path):
+    """2 gloo ranks over an odd test split (25 images: 13 + 12, no padded duplicate): the logged
+    error equals one process's error over the whole split with the same weights."""
+    root = cifar_make(tmp_path / "odd", 10, 25)
+    out = subprocess.run(
+        [sys.executable, "-m", "resnext_lit", "fit", "--config", str(ROOT / "configs/cifar_paper.yaml"),
+         f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
+         "--data.init_args.num_workers=0", "--model.depth=11", "--model.cardinality=2",
+         "--model.bottleneck_width=2", "--trainer.max_epochs=2", "--model.milestones=[1]",
+         "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+         "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"],
+        cwd=tmp_path, text=True, capture_output=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = (tmp_path / "runs").rglob("results.json")
+    record = json.loads(path.read_text())
+    assert record["world_size"] == 2
+    from lightning import Trainer
+
+    from resnext_lit.module import ResNeXtModule
+
+    (ckpt,) = (tmp_path / "runs").rglob("last.ckpt")
+    module = ResNeXtModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    with pytest.warns(UserWarning, match="differs from the official"):
+        (metrics,) = Trainer(accelerator="cpu", devices=1, logger=False,
+                             enable_progress_bar=False).validate(
+            module, CIFARDataModule(str(root), batch_size=4, num_workers=0), verbose=False)
+    for name in ("val/top1_err", "val/top5_err"):  # top-5 moves even when top-1 is 100%
+        assert metrics[name] == pytest.approx(record["final"][name], abs=1e-4), name
+        assert round(record["final"][name] * 25 / 100, 4).is_integer(), record["final"]
