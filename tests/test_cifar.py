@@ -25,6 +25,10 @@ from resnext_lit.table import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_FILE = 24  # images per batch file: CIFAR-10 has 5 train files, CIFAR-100 one
+FIT = [sys.executable, "-m", "resnext_lit", "fit", "--config",
+       str(ROOT / "configs/cifar_paper.yaml"), "--data.init_args.num_workers=0", "--model.depth=11", "--model.cardinality=2",
+       "--model.bottleneck_width=2", "--trainer.max_epochs=2", "--model.milestones=[1]",
+       "--trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +133,9 @@ def test_bad_roots_and_class_counts_fail_at_construction(cifar, tmp_path):
 @pytest.mark.parametrize("num_classes, mean", [(10, CIFAR10_MEAN), (100, CIFAR100_MEAN)])
 def test_cifar_paper_config_trains_and_the_table_sees_cifar(cifar, tmp_path, num_classes, mean):
     out = subprocess.run(
-        [sys.executable, "-m", "resnext_lit", "fit", "--config", str(ROOT / "configs/cifar_paper.yaml"),
-         f"--data.init_args.root={cifar[num_classes]}", f"--data.init_args.num_classes={num_classes}",
-         "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",
-         "--model.depth=11", "--model.cardinality=2", "--model.bottleneck_width=2",
-         "--trainer.max_epochs=2", "--model.milestones=[1]", "--trainer.limit_train_batches=3",
-         "--trainer.enable_progress_bar=false"],
+        [*FIT, f"--data.init_args.root={cifar[num_classes]}",
+         f"--data.init_args.num_classes={num_classes}", "--data.init_args.batch_size=8",
+         "--trainer.limit_train_batches=3"],
         cwd=tmp_path, text=True, capture_output=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     (path,) = (tmp_path / "runs").rglob("results.json")
@@ -155,12 +156,9 @@ def test_ddp_validates_every_test_image_once(cifar_make, tmp_path):
     error equals one process's error over the whole split with the same weights."""
     root = cifar_make(tmp_path / "odd", 10, 25)
     out = subprocess.run(
-        [sys.executable, "-m", "resnext_lit", "fit", "--config", str(ROOT / "configs/cifar_paper.yaml"),
-         f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
-         "--data.init_args.num_workers=0", "--model.depth=11", "--model.cardinality=2",
-         "--model.bottleneck_width=2", "--trainer.max_epochs=2", "--model.milestones=[1]",
-         "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-         "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"],
+        [*FIT, f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
+         "--trainer.limit_train_batches=2", "--trainer.devices=2", "--trainer.strategy=ddp",
+         "--trainer.accelerator=cpu"],
         cwd=tmp_path, text=True, capture_output=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     (path,) = (tmp_path / "runs").rglob("results.json")

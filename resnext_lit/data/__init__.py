@@ -8,6 +8,9 @@ Each DataModule exposes `num_classes`, `mean` and `std` (linked into the model b
 `image_size`.
 """
 
+import torch
+from torch.utils.data import Dataset
+
 # ImageNet channel statistics on the 0-255 scale (as torchvision's, times 255).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -19,3 +22,18 @@ CROP_RATIO = 224 / 256
 # The Inception crop the paper trains with (Sec. 4, after Szegedy et al. 2015); also FFCV's.
 INCEPTION_SCALE = (0.08, 1.0)  # share of the image area
 INCEPTION_RATIO = (3 / 4, 4 / 3)  # aspect ratio range
+
+
+class TensorImages(Dataset):
+    """uint8 [N, 3, H, W] images and int64 labels held in memory (the digits, CIFAR), with an
+    optional per-image transform for training-time augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]

@@ -236,7 +236,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m resnext_lit write-beton",
         description="ImageFolder trees -> FFCV .beton files (+ .json sidecars, skip reports).",
         epilog="exit status: 0 written (skipped files are listed, not fatal), 1 files skipped "
-               "under --strict or the write failed (full disk, I/O error), 2 bad arguments, 130 interrupted; never a half-written .beton")
+               "under --strict or the write failed (full disk, I/O error), 2 bad arguments, 130 "
+               "interrupted; never a half-written .beton")
     p.add_argument("--train", help="train ImageFolder: ROOT/<class>/<image>")
     p.add_argument("--val", help="val ImageFolder, or ImageNet's flat val folder with --val-labels")
     p.add_argument("--val-labels",

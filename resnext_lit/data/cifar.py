@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
-from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, TensorImages
 from .shards import ExactShardSampler, clip_workers, rank_and_world
 
 IMAGE_SIZE = 32
@@ -64,18 +64,6 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path} is not a CIFAR batch file: data {data.shape}, "
                          f"{len(labels)} labels")
     return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
-
-
-class _Images(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), self.labels[i]
 
 
 class CIFARDataModule(LightningDataModule):
@@ -138,8 +126,8 @@ class CIFARDataModule(LightningDataModule):
             augment = [v2.RandomCrop(IMAGE_SIZE, padding=self.hparams.padding)]
             if self.hparams.flip:
                 augment.append(v2.RandomHorizontalFlip())
-            self.train_set = _Images(*self._load("train"), v2.Compose(augment))
-        self.val_set = _Images(*self._load("test"))
+            self.train_set = TensorImages(*self._load("train"), v2.Compose(augment))
+        self.val_set = TensorImages(*self._load("test"))
 
     def train_dataloader(self) -> DataLoader:
         # Under DDP Lightning swaps in a shuffling DistributedSampler (reshuffled per epoch).

@@ -15,10 +15,10 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from . import IMAGENET_MEAN, IMAGENET_STD
+from . import IMAGENET_MEAN, IMAGENET_STD, TensorImages
 from .shards import clip_workers
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -37,18 +37,6 @@ def digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     images = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
     images = images.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     return images, torch.tensor(digits.target, dtype=torch.int64)
-
-
-class _Digits(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), self.labels[i]
 
 
 class DigitsDataModule(LightningDataModule):
@@ -72,8 +60,8 @@ class DigitsDataModule(LightningDataModule):
         images, labels = digits_uint8(self.image_size)
         train, val = split(labels, self.hparams.val_fraction, self.hparams.seed)
         crop = v2.RandomCrop(self.image_size, padding=self.hparams.padding)
-        self.train_set = _Digits(images[train], labels[train], crop)
-        self.val_set = _Digits(images[val], labels[val])
+        self.train_set = TensorImages(images[train], labels[train], crop)
+        self.val_set = TensorImages(images[val], labels[val])
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
