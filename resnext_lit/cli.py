@@ -80,10 +80,21 @@ class ResNeXtCLI(LightningCLI):
             if not Path(path).is_file():
                 raise ValueError(f"--ckpt_path {path}: no such file")
             check_checkpoint(path, config.weights_only is not False)
-            if config.weights_only is False:  # trusted: Lightning would read it weights_only
-                with _trusted_torch_load():
-                    return super()._parse_ckpt_path()
-        super()._parse_ckpt_path()
+        given = dict(config.model)
+        if config.weights_only is False:  # trusted: Lightning would read it weights_only
+            with _trusted_torch_load():
+                super()._parse_ckpt_path()
+        else:
+            super()._parse_ckpt_path()
+        config = self.config[sub] if sub else self.config
+        # Lightning builds the model from the checkpoint's hparams, over the config and the
+        # command line: say which of the user's model settings lost, rather than drop them.
+        replaced = [f"model.{key}={config.model[key]!r} (not {value!r})"
+                    for key, value in given.items() if value is not None
+                    and key in config.model and config.model[key] != value]
+        if replaced:
+            print(f"warning: --ckpt_path {path} builds the model from its own hyperparameters: "
+                  f"{', '.join(replaced)}", file=sys.stderr)
 
     @property
     def run_config(self):

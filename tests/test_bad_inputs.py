@@ -229,6 +229,19 @@ def test_in_memory_datamodules_clip_workers_too(datamodule):
     assert data.num_workers == usable_cores() < 999
 
 
+def test_model_settings_a_checkpoint_overrides_are_named(bad, tmp_path):
+    """Lightning builds the model from --ckpt_path's hparams, over the command line: say so."""
+    out = subprocess.run([sys.executable, "-m", "resnext_lit", "validate", "--config", DEMO, *TINY,
+                          "--model.cardinality=4", f"--ckpt_path={bad['root']}/good.ckpt",
+                          "--trainer.limit_val_batches=1"],
+                         cwd=tmp_path, text=True, capture_output=True, timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("warning: --ckpt_path")]
+    assert "good.ckpt builds the model from its own hyperparameters: model.cardinality=2 " \
+        "(not 4), model.lr=0.1 (not 0.4)" in line, line  # good.ckpt: the defaults; demo.yaml: 0.4
+    assert "depth" not in line  # depth 11 in both
+
+
 def test_a_truncated_checkpoint_is_named_even_via_ckpt_path_last(bad, tmp_path):
     folder = tmp_path / "runs/demo/version_0/checkpoints"
     folder.mkdir(parents=True)
