@@ -238,8 +238,12 @@ def _noise_folder(root: Path, count: int, side: int = 200) -> Path:
     return root
 
 
-def _interrupt_mid_write(source: Path, out: Path, sig: int) -> int:
-    """Start a real writer process, send `sig` once its .partial file exists, return its status."""
+SHARED_MEMORY = "/dev/shm"  # where FFCV's writer keeps its metadata while it writes
+
+
+def _interrupt_mid_write(source: Path, out: Path, sig: int, delay: float = 0.0) -> int:
+    """Start a real writer process, send `sig` `delay` s after its .partial file appears, return
+    its status."""
     partial = out / f"train.beton{PARTIAL_SUFFIX}"
     proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", "write-beton", "--train",
                              str(source), "--out", str(out), "--write-mode", "raw",
@@ -250,14 +254,30 @@ def _interrupt_mid_write(source: Path, out: Path, sig: int) -> int:
         stop = time.monotonic() + WRITE_TIMEOUT_S
         while not partial.exists() and proc.poll() is None and time.monotonic() < stop:
             time.sleep(0.005)
+        time.sleep(delay)
         assert partial.exists() and proc.poll() is None, "the writer was not caught mid-write"
         proc.send_signal(sig)  # the main process only: as a crash, or Ctrl-C's SIGINT
-        return proc.wait(timeout=WRITE_TIMEOUT_S)
+        status = proc.wait(timeout=WRITE_TIMEOUT_S)
+        assert _group_ends(proc.pid), "writer processes outlived the writer command"
+        return status
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # workers orphaned by SIGKILL, in our session
+            os.killpg(proc.pid, signal.SIGKILL)  # only if the assertion above failed
         except ProcessLookupError:
             pass
+
+
+def _group_ends(group: int, seconds: float = 10.0) -> bool:
+    """Whether every process of the command's group (writer process, FFCV workers, Python's
+    resource tracker, which unlinks leaked shared memory) exits within `seconds`."""
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.mark.slow
@@ -266,11 +286,14 @@ def test_interrupted_write_leaves_no_final_file_and_rerun_succeeds(tmp_path):
     out = tmp_path / "out"
     beton = out / "train.beton"
 
-    assert _interrupt_mid_write(source, out, signal.SIGINT) == 130
-    assert not beton.exists() and not sidecar_path(beton).exists()
-    assert not Path(str(beton) + PARTIAL_SUFFIX).exists()  # Ctrl-C cleans up after itself
+    shm = set(os.listdir(SHARED_MEMORY))
+    for delay in (0.0, 0.0, 0.0, 0.05):  # right as FFCV sets up (its shared memory), and later
+        assert _interrupt_mid_write(source, out, signal.SIGINT, delay) == 130
+        assert not beton.exists() and not sidecar_path(beton).exists()
+        assert not Path(str(beton) + PARTIAL_SUFFIX).exists()  # Ctrl-C cleans up after itself
+        assert not {n for n in os.listdir(SHARED_MEMORY) if n.startswith("psm_")} - shm
 
-    assert _interrupt_mid_write(source, out, signal.SIGKILL) == -signal.SIGKILL
+    assert _interrupt_mid_write(source, out, signal.SIGKILL) == -signal.SIGKILL  # no orphans
     assert not beton.exists() and not sidecar_path(beton).exists()
     assert Path(str(beton) + PARTIAL_SUFFIX).exists()  # a crash cannot; the rerun replaces it
 

@@ -1,13 +1,14 @@
-"""The processes behind `write-beton`: a parallel decoding scan, and FFCV's writer workers
-under a watchdog.
+"""The processes behind `write-beton`: a parallel decoding scan, and FFCV's writer in a child
+process of its own.
 
     from resnext_lit.data.workers import scan, ffcv_write
     good, skipped, raw_bytes = scan(samples, max_side=500, workers=8, progress=True, desc="train")
 
-FFCV's `DatasetWriter` waits forever for a worker that died (a full disk, an I/O error, a file
-changed since the scan): `ffcv_write` watches the workers, stops the survivors and raises
-`WriteFailed` with the worker's own error as one line (its traceback goes to a log, not the
-terminal).
+FFCV's `DatasetWriter` waits forever for a worker that died (a full disk, an I/O error), and an
+interrupt landing inside it can be swallowed (a bare `except:`) or leave its queues hanging the
+exit. So `ffcv_write` runs it in a writer process and only waits: Ctrl-C or an error stops that
+process, whose FFCV workers die with it, and a dead worker's error comes back as one line
+(`WriteFailed`); tracebacks go to logs, not the terminal.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import ctypes
 import signal
 import sys
 import tempfile
 import threading
+import traceback
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -33,11 +36,13 @@ FFCV_DEFAULT_PAGE = 8 << 20  # DatasetWriter's default page; pages must hold the
 JPEG_BYTES_PER_RAW_BYTE = 0.25  # generous for quality 90: only sizes the free-space check
 SCAN_CHUNK, WRITE_CHUNK = 64, 100  # files per task handed to a worker
 WATCHDOG_PERIOD_S = 0.05
+STOP_GRACE_S = 10  # for the writer process to stop its workers before it is killed
+PR_SET_PDEATHSIG = 1  # prctl(2)
 DISK_FULL_ERRNOS = ("[Errno 28]", "[Errno 27]")  # ENOSPC; EFBIG (a file-size or quota limit)
 
 
 class WriteFailed(RuntimeError):
-    """An FFCV writer worker died; the message is its last error line."""
+    """The FFCV writer failed; the message is its (or its dead worker's) last error line."""
 
 
 def quiet_worker() -> None:
@@ -45,16 +50,24 @@ def quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
-_writer_logs: str | None = None  # set while ffcv_write starts FFCV's workers
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, so a killed write leaves no orphans."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: orphans finish their chunk and exit
+        pass
+
+
+_worker_logs: str | None = None  # set in the writer process, before FFCV forks its workers
 
 
 def _on_fork() -> None:
-    """In each FFCV writer worker, at fork: FFCV gives no initializer, so this hook quiets it and
-    sends its stderr (where multiprocessing prints a dying worker's traceback) to a log that the
-    parent turns into one line."""
-    if _writer_logs is not None:
+    """In each FFCV worker, at fork (FFCV takes no initializer): quiet it, tie it to the writer
+    process, and send its stderr, where a dying worker's traceback goes, to a log."""
+    if _worker_logs is not None:
         quiet_worker()
-        sys.stderr = open(Path(_writer_logs) / f"{os.getpid()}.log", "w", buffering=1)
+        die_with_parent()
+        sys.stderr = open(Path(_worker_logs) / f"{os.getpid()}.log", "w", buffering=1)
 
 
 os.register_at_fork(after_in_child=_on_fork)
@@ -102,33 +115,29 @@ class BetonRecords:
 
 
 class _WorkerWatchdog(threading.Thread):
-    """FFCV's writer waits forever for a worker that died (full disk, I/O error): this thread
-    watches the workers and interrupts the main thread instead."""
+    """In the writer process: FFCV waits forever for a worker that died, so this thread watches
+    the workers and stops the writer's main thread (SIGTERM) when one does."""
 
     def __init__(self):
         super().__init__(daemon=True)
         self.seen: dict[int, multiprocessing.Process] = {}
         self.dead: multiprocessing.Process | None = None
         self.done = threading.Event()
-        # Created before FFCV starts its workers: older children are the caller's, not ours.
-        self.older = {process.pid for process in multiprocessing.active_children()}
 
     def run(self) -> None:
         while not self.done.wait(WATCHDOG_PERIOD_S):
-            for process in multiprocessing.active_children():
-                if process.pid not in self.older:
-                    self.seen.setdefault(process.pid, process)
+            for process in multiprocessing.active_children():  # only FFCV's, in this process
+                self.seen.setdefault(process.pid, process)
             for process in self.seen.values():
                 if process.exitcode not in (None, 0):
                     self.dead = process
-                    # A real SIGINT to the main thread: it also breaks the blocking pipe read
-                    # FFCV may be in (interrupt_main() would wait for that read to return).
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
                     return
 
     def stop_workers(self) -> None:
         self.done.set()
-        for process in self.seen.values():  # only FFCV's workers, by object, never by name
+        self.join()  # no signal from this thread after this point
+        for process in self.seen.values():
             if process.is_alive():
                 process.terminate()
                 process.join()
@@ -155,58 +164,118 @@ def _last_error(log: Path) -> str | None:
     return errors[-1] if errors else None
 
 
-def _worker_failure(process: multiprocessing.Process, log_dir: str) -> WriteFailed:
+def _worker_failure(process: multiprocessing.Process, log_dir: str) -> str:
     error = _last_error(Path(log_dir) / f"{process.pid}.log")
     if error is None:  # killed before it could print: a signal (the OOM killer sends 9)
-        return WriteFailed(f"writer worker {process.pid} died with exit code {process.exitcode}")
+        return f"writer worker {process.pid} died with exit code {process.exitcode}"
     hint = " (disk full?)" if any(code in error for code in DISK_FULL_ERRNOS) else ""
-    return WriteFailed(f"writer worker {process.pid} failed: {error}{hint}")
+    return f"writer worker {process.pid} failed: {error}{hint}"
 
 
-@contextmanager
-def _ffcv_progress(enabled: bool):
-    """FFCV's writer draws its own tqdm bar with no switch: ours is silent under --no-progress and
-    closed on failure too (FFCV closes it only on success), so an error starts on its own line."""
+class _Stop:
+    """SIGTERM in the writer process (from the parent, or the watchdog): SystemExit, except
+    while FFCV creates its shared memory, where an exception would leak it in /dev/shm."""
+
+    def __init__(self, watchdog: _WorkerWatchdog):
+        self.watchdog, self.holding, self.pending = watchdog, False, None
+
+    def __call__(self, signum: int, frame=None) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        raise SystemExit(1 if self.watchdog.dead is not None else 128 + signum)
+
+    @contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            self(self.pending)
+
+
+def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fields: dict,
+                    page: int, progress: bool, log_dir: str, go, parent: int) -> None:
+    """The child: FFCV's DatasetWriter and its workers. Exits 0 written, 1 failed (the reason in
+    `log_dir/failure`), 143 stopped by the parent."""
     import ffcv.writer
 
-    bars = []
+    global _worker_logs
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Start nothing until the parent holds this process: a Ctrl-C inside its `start()` would
+    # otherwise orphan a write (and FFCV's shared memory) it can no longer stop.
+    while not go.wait(1):
+        if os.getppid() != parent:
+            os._exit(1)
+    watchdog = _WorkerWatchdog()
+    stop = _Stop(watchdog)
+
+    class Writer(ffcv.writer.DatasetWriter):
+        def prepare(self):  # creates the file and FFCV's shared memory
+            with stop.held():
+                super().prepare()
+
+    signal.signal(signal.SIGTERM, stop)
+    terminal, sys.stderr = sys.stderr, open(Path(log_dir) / "writer.log", "w", buffering=1)
+    bars = []  # FFCV draws its bar with no switch: ours obeys --no-progress, on the terminal
 
     def bar(*args, **kwargs):
-        bars.append(tqdm(*args, disable=not enabled, **kwargs))
+        bars.append(tqdm(*args, disable=not progress, file=terminal, **kwargs))
         return bars[-1]
 
     ffcv.writer.tqdm = bar
+    writer = Writer(str(partial_path), fields, page_size=page, num_workers=workers)
+    code = 0
     try:
-        yield
+        _worker_logs = log_dir
+        watchdog.start()
+        writer.from_indexed_dataset(records, chunksize=WRITE_CHUNK)
+    except SystemExit as stopped:
+        code = stopped.code
+    except BaseException:
+        traceback.print_exc()  # into writer.log; the parent prints its last line
+        code = 1
     finally:
-        ffcv.writer.tqdm = tqdm
+        watchdog.stop_workers()
         for made in bars:
-            made.close()
+            made.close()  # FFCV closes it only on success: an error starts on its own line
+    if code == 0:
+        return
+    if watchdog.dead is not None:
+        (Path(log_dir) / "failure").write_text(_worker_failure(watchdog.dead, log_dir))
+    memory = getattr(writer, "metadata_sm", None)
+    if memory is not None and not isinstance(memory, int):
+        memory.unlink()  # FFCV unlinks it only on success (no close: FFCV's arrays still view it)
+    sys.stderr.flush()
+    os._exit(code)  # not through exit handlers: FFCV's queues may hold work for dead workers
 
 
 def ffcv_write(partial_path: Path, records: BetonRecords, workers: int, fields: dict, page: int,
-               progress: bool = True):
-    from ffcv.writer import DatasetWriter
-
-    writer = DatasetWriter(str(partial_path), fields, page_size=page, num_workers=workers)
-    global _writer_logs
-    log_dir = _writer_logs = tempfile.mkdtemp(prefix="resnext_lit_writer_")
-    watchdog = _WorkerWatchdog()
-    watchdog.start()
-    completed = False
+               progress: bool = True) -> None:
+    """Write `records` to `partial_path` in a writer process; raise `WriteFailed` with one line
+    if it fails, and stop it (and its workers) on Ctrl-C or any other exception here."""
+    log_dir = tempfile.mkdtemp(prefix="resnext_lit_writer_")
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    child = context.Process(target=_writer_process, name="beton-writer", args=(
+        partial_path, records, workers, fields, page, progress, log_dir, go, os.getpid()))
     try:
-        with _ffcv_progress(progress):
-            writer.from_indexed_dataset(records, chunksize=WRITE_CHUNK)
-        completed = True
-    except KeyboardInterrupt:
-        if watchdog.dead is None:
-            raise
-        raise _worker_failure(watchdog.dead, log_dir) from None
+        child.start()
+        go.set()
+        child.join()
+        if child.exitcode != 0:
+            failure = Path(log_dir) / "failure"
+            raise WriteFailed(failure.read_text() if failure.exists() else
+                              _last_error(Path(log_dir) / "writer.log") or
+                              f"the writer process exited with code {child.exitcode}")
     finally:
-        _writer_logs = None
-        watchdog.stop_workers()
+        if child.is_alive():  # interrupted: let it clean up, then make sure
+            child.terminate()
+            child.join(STOP_GRACE_S)
+            if child.is_alive():
+                child.kill()
+                child.join()
         shutil.rmtree(log_dir, ignore_errors=True)
-        memory = getattr(writer, "metadata_sm", None)
-        if not completed and memory is not None and not isinstance(memory, int):
-            memory.close()
-            memory.unlink()  # FFCV unlinks it only on success
