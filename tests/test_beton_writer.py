@@ -241,6 +241,12 @@ def _noise_folder(root: Path, count: int, side: int = 200) -> Path:
 SHARED_MEMORY = "/dev/shm"  # where FFCV's writer keeps its metadata while it writes
 
 
+def _ctrl_c_enabled() -> None:
+    """A command started in the background by a shell inherits SIGINT ignored (as this suite
+    may be, in CI), and Python then never raises KeyboardInterrupt: undo that in the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_mid_write(source: Path, out: Path, sig: int, delay: float = 0.0) -> int:
     """Start a real writer process, send `sig` `delay` s after its .partial file appears, return
     its status."""
@@ -249,7 +255,7 @@ def _interrupt_mid_write(source: Path, out: Path, sig: int, delay: float = 0.0) 
                              str(source), "--out", str(out), "--write-mode", "raw",
                              "--workers", "1", "--no-progress"], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=_ctrl_c_enabled)
     try:
         stop = time.monotonic() + WRITE_TIMEOUT_S
         while not partial.exists() and proc.poll() is None and time.monotonic() < stop:
