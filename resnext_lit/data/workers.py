@@ -66,6 +66,7 @@ def _on_fork() -> None:
     process, and send its stderr, where a dying worker's traceback goes, to a log."""
     if _worker_logs is not None:
         quiet_worker()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the writer's handler: just stop
         die_with_parent()
         sys.stderr = open(Path(_worker_logs) / f"{os.getpid()}.log", "w", buffering=1)
 
