@@ -11,6 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,6 @@ def test_train_images_are_the_papers_padded_crops_and_flips(cifar):
 def test_the_official_release_does_not_warn(cifar, monkeypatch):
     monkeypatch.setattr("resnext_lit.data.cifar.check_integrity", lambda path, md5: True)
     data = CIFARDataModule(str(cifar[10]), num_workers=0)
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.setup("validate")

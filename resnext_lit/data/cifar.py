@@ -93,19 +93,18 @@ class CIFARDataModule(LightningDataModule):
         self.save_hyperparameters()
         release, self.label_key, self.mean, self.std = RELEASES[num_classes]
         self.folder = Path(root).expanduser() / release.base_folder
-        self.files = {"train": [name for name, _ in release.train_list],
-                      "test": [name for name, _ in release.test_list]}
-        missing = [name for names in self.files.values() for name in names
+        # (file name, MD5 of the official release) per split, from torchvision's list.
+        self.files = {"train": release.train_list, "test": release.test_list}
+        missing = [name for files in self.files.values() for name, _ in files
                    if not (self.folder / name).is_file()]
         if missing:  # now, before any model is built
             raise ValueError(f"{self.folder / missing[0]} does not exist: extract "
                              f"cifar-{num_classes}-python.tar.gz under data.root={root}")
         self.num_classes, self.batch_size = num_classes, batch_size
         self.num_workers = clip_workers(num_workers)
-        self._release = release
 
     def _check_release(self) -> None:
-        changed = [name for name, md5 in (*self._release.train_list, *self._release.test_list)
+        changed = [name for files in self.files.values() for name, md5 in files
                    if not check_integrity(str(self.folder / name), md5)]
         if changed:
             warnings.warn(f"{self.folder / changed[0]} differs from the official "
@@ -113,7 +112,7 @@ class CIFARDataModule(LightningDataModule):
                           "to the paper's", stacklevel=2)
 
     def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [read_batch(self.folder / name, self.label_key) for name in self.files[split]]
+        parts = [read_batch(self.folder / name, self.label_key) for name, _ in self.files[split]]
         images, labels = (torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise ValueError(f"{self.folder}: labels outside 0..{self.num_classes - 1} in "

@@ -13,10 +13,10 @@ process, whose FFCV workers die with it, and a dead worker's error comes back as
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import shutil
-import ctypes
 import signal
 import sys
 import tempfile
