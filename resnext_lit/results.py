@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,24 +22,12 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .atomic import write_json_atomic
 from .models import ResNeXt, complexity
 
 METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
-           "train/images_per_s")
+           "train/images_per_s", "val/images_per_s")
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def environment() -> tuple[dict, dict]:

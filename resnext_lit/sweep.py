@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .results import write_json_atomic
+from .atomic import write_json_atomic
 
 METHODS = ("grid", "random")  # bayes needs the server's model of past runs: use `wandb agent`
 AGENT_DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # as wandb's

@@ -175,6 +175,6 @@ def render(records: list[dict], console=None) -> None:
 
 
 def write(path: Path, data: dict) -> None:
-    from resnext_lit.results import write_json_atomic
+    from resnext_lit.atomic import write_json_atomic
 
     write_json_atomic(Path(path), data)

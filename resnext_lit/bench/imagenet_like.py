@@ -158,7 +158,7 @@ def ensure_dataset(data_dir, num_images: int = 2000, seed: int = 0, tiny: bool =
     written = write_beton(train_dir, beton, workers=workers, progress=False)
     stats["beton_mb"] = round(beton.stat().st_size / 1e6, 1)
     stats["beton_seconds"] = round(written.seconds, 1)
-    from resnext_lit.results import write_json_atomic
+    from resnext_lit.atomic import write_json_atomic
 
     write_json_atomic(manifest, {"settings": settings, "stats": stats})
     return Dataset(root, train_dir, beton, stats)

@@ -38,7 +38,8 @@ import numpy as np
 
 from .images import list_classes, list_image_folder
 from .imagenet_val import flat_val_samples, read_val_labels
-from .sidecar import FIELDS, SIDECAR_FORMAT, fingerprint, sidecar_path, write_json_atomic
+from ..atomic import write_json_atomic
+from .sidecar import FIELDS, SIDECAR_FORMAT, fingerprint, sidecar_path
 from .workers import BetonRecords, WriteFailed, check_free_space, ffcv_write, page_size, scan
 
 DEFAULT_MAX_SIDE = 500  # ffcv-imagenet's max_res

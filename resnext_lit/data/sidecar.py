@@ -44,12 +44,6 @@ def fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, content: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(partial, path)
-
-
 def read_header(beton: Path) -> tuple[int, list[str]]:
     """(record count, field names) from a .beton header; ValueError if it is not one."""
     header_bytes = HeaderType.itemsize
