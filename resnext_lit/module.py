@@ -78,12 +78,15 @@ class ResNeXtModule(LightningModule):
                                      use_buffers=True)
             self.ema.requires_grad_(False)
         top5 = min(5, num_classes)
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        # validate_args=False: the check reads the labels back to the host (a sync per step);
+        # the DataModule's class count is checked against the model once, in setup.
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro",
+                                             validate_args=False)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), False)
-        self._epoch_start, self._epoch_images = 0.0, 0
+        self._clock = _Throughput()
         self._nonfinite = NonFiniteGuard(nonfinite_loss)
 
     # -- data on the device ------------------------------------------------------------------
@@ -104,8 +107,14 @@ class ResNeXtModule(LightningModule):
         return self.model(images)
 
     # -- training ------------------------------------------------------------------------------
+    # No device->host sync and no collective per step (see README, "The hot path"): the loss
+    # is reduced over ranks once per epoch, the lr is logged as a host tensor (a Python float
+    # would be copied to the device), and the non-finite check reads its flag every N steps.
+    def on_train_start(self) -> None:
+        self._clock.start("train")  # a run resumed mid-epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self) -> None:
-        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+        self._clock.start("train")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -114,9 +123,13 @@ class ResNeXtModule(LightningModule):
         if not self._nonfinite.check(self, loss, batch_idx):
             return None  # skipped: no backward, no update
         self.train_top1.update(logits.detach(), labels)
-        self._epoch_images += images.shape[0] * self.trainer.world_size
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self._clock.count("train", images.shape[0])
+        # Off the progress bar: Lightning would read a bar metric back after every step; the
+        # CLI's bar shows it at logging steps (`LogStepProgressBar`).
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), on_step=True,
+                 on_epoch=False)
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -127,10 +140,14 @@ class ResNeXtModule(LightningModule):
             self.ema.update_parameters(self.model)
 
     def on_train_epoch_end(self) -> None:
+        self._nonfinite.verify(self.trainer)  # an epoch cut short (max_steps) is checked too
         self.log("train/top1_err", 100 * (1 - self.train_top1.compute()))
         self.train_top1.reset()
-        elapsed = time.perf_counter() - self._epoch_start
-        self.log("train/images_per_s", self._epoch_images / max(elapsed, 1e-9))
+        self.log("train/images_per_s", self._clock.rate("train", self.trainer.world_size))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.training:  # every rank saves (and so checks) at the same step
+            self._nonfinite.verify(self.trainer)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,8 +157,13 @@ class ResNeXtModule(LightningModule):
             logits = (logits + model(images.flip(3))) / 2
         return logits
 
+    def on_validation_epoch_start(self) -> None:
+        self._clock.pause("train")  # validation inside a training epoch is not training time
+        self._clock.start("val")
+
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
+        self._clock.count("val", images.shape[0])
         logits = self._eval_logits(images)
         self.val_top1.update(logits, labels)
         self.val_top5.update(logits, labels)
@@ -155,8 +177,12 @@ class ResNeXtModule(LightningModule):
         self.log("val/top5_err", 100 * (1 - self.val_top5.compute()))
         self.val_top1.reset()
         self.val_top5.reset()
+        if not self.trainer.sanity_checking:
+            self.log("val/images_per_s", self._clock.rate("val", self.trainer.world_size))
+        self._clock.resume("train")
 
     test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -200,3 +226,35 @@ class ResNeXtModule(LightningModule):
             hp.gamma, hp.warmup_epochs, hp.peak_epoch))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+class _Throughput:
+    """Images per second of each phase ("train", "val"), counting only the time it ran: the
+    validation inside a training epoch is paused out of the training rate. Host clock: over an
+    epoch the device runs at most a few steps behind it, so no sync is needed."""
+
+    def __init__(self):
+        self.seconds, self.images, self.since = {}, {}, {}
+
+    def start(self, phase: str) -> None:
+        self.seconds[phase], self.images[phase] = 0.0, 0
+        self.since[phase] = time.perf_counter()
+
+    def pause(self, phase: str) -> None:
+        if self.since.get(phase) is not None:
+            self.seconds[phase] += time.perf_counter() - self.since[phase]
+            self.since[phase] = None
+
+    def resume(self, phase: str) -> None:
+        if phase in self.seconds and self.since.get(phase) is None:
+            self.since[phase] = time.perf_counter()
+
+    def count(self, phase: str, images: int) -> None:
+        self.images[phase] += images
+
+    def rate(self, phase: str, world_size: int) -> float:
+        """All ranks' images per second (ranks run in step, so this rank's count x ranks)."""
+        self.pause(phase)
+        rate = self.images[phase] * world_size / max(self.seconds[phase], 1e-9)
+        self.resume(phase)
+        return rate

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -46,6 +47,11 @@ from .checkpoints import AtomicCheckpointIO, NonFiniteError, last_checkpoint_pat
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 MAX_SKIPPED_IN_A_ROW = 20  # more consecutive non-finite losses means the weights are gone
+# How often the sync-free paths read their device-side state (one sync, one collective under
+# DDP each time): the non-finite check, and the agreement on a preemption signal under DDP.
+NONFINITE_CHECK_EVERY_N_STEPS = 50
+PREEMPTION_CHECK_EVERY_N_STEPS = 10
+_NONE_BAD = 2**62  # "no non-finite loss in this window" (an index never reached)
 
 
 class Preempted(SIGTERMException):
@@ -58,9 +64,19 @@ class Preempted(SIGTERMException):
 
 # -- preemption ----------------------------------------------------------------------------
 class Preemption(Callback):
-    """Stop cleanly on SIGTERM / SIGUSR1 with `last.ckpt` saved at a step boundary (see above)."""
+    """Stop cleanly on SIGTERM / SIGUSR1 with `last.ckpt` saved at a step boundary (see above).
 
-    def __init__(self):
+    Args:
+        check_every_n_steps: under DDP, how often the ranks agree on whether a signal arrived
+            (one all-reduce and one sync): the run stops at most this many steps after the
+            signal, and at the latest at the epoch's end. One process checks every step (free).
+    """
+
+    def __init__(self, check_every_n_steps: int = PREEMPTION_CHECK_EVERY_N_STEPS):
+        if check_every_n_steps < 1:
+            raise ValueError(f"Preemption: check_every_n_steps must be >= 1, got "
+                             f"{check_every_n_steps}")
+        self.check_every_n_steps = check_every_n_steps
         self._signal: int | None = None
         self._previous: dict[int, object] = {}
         self._trainer = None
@@ -78,6 +94,13 @@ class Preemption(Callback):
         # Installed before Lightning's signal connector runs: it then leaves SIGUSR1 to us
         # (it only adds its SLURM handler where none exists).
         self._install(trainer, keep_previous=True)
+        if trainer.world_size > 1:
+            # Lightning 2.6.6 broadcasts its own SIGTERM flag from rank 0 at every training step
+            # under DDP (a host->device copy, a collective and a device->host read). Our handler
+            # replaces the one that sets that flag, so the broadcast only costs; the ranks agree
+            # here instead, every `check_every_n_steps`. (Private; `tests/test_hot_path.py`
+            # fails if Lightning renames it.)
+            trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning's SIGTERM handler (wrapped around ours) would abort a running validation.
@@ -113,15 +136,19 @@ class Preemption(Callback):
             if launcher is not None:  # DDP ranks Lightning started as our child processes
                 launcher.kill(signum)
 
-    def _agreed_signal(self, trainer) -> int:
-        """The signal any rank received (every rank must stop at the same step)."""
+    def _agreed_signal(self, trainer, batch_idx: int) -> int:
+        """The signal any rank received (every rank must stop at the same step): every step on
+        one process, every `check_every_n_steps` steps and at each epoch's last under DDP."""
         if trainer.world_size == 1:
             return self._signal or 0
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if not last and trainer.global_step % self.check_every_n_steps:
+            return 0
         mine = torch.tensor(self._signal or 0, device=trainer.strategy.root_device)
-        return int(trainer.strategy.reduce(mine, reduce_op="max"))
+        return int(_all_reduce(mine, dist.ReduceOp.MAX))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        signum = self._agreed_signal(trainer)
+        signum = self._agreed_signal(trainer, batch_idx)
         if not signum or self._signal_at_epoch_end:
             return
         if next_epoch(trainer) > trainer.current_epoch:
@@ -175,6 +202,16 @@ class Preemption(Callback):
                 signal.signal(signum, previous)
 
 
+def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
+    """One all-reduce over every rank, in place (Lightning's `strategy.reduce` adds a barrier)."""
+    dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+def _no_broadcast() -> None:
+    """Stands in for Lightning's per-step SIGTERM broadcast (see `Preemption.setup`)."""
+
+
 def _cluster_environment(trainer):
     # The environment Lightning chose (as its own signal connector reads it), SLURM's or another.
     return getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
@@ -215,6 +252,15 @@ def requeued_version(root: Path) -> int | None:
         if mine and (record.parent / "checkpoints" / "last.ckpt").exists():
             found.append(int(record.parent.name.split("_")[1]))
     return max(found, default=None)
+
+
+def _set_sampler_epoch(loader, epoch: int) -> None:
+    """`set_epoch` on a loader's sampler and batch sampler (DistributedSampler reshuffles by it)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in {id(s): s for s in (getattr(loader, "sampler", None), batch_sampler,
+                                       getattr(batch_sampler, "sampler", None))}.values():
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
 
 
 def next_epoch(trainer) -> int:
@@ -261,22 +307,37 @@ class ExactResume(Callback):
         self._reseed(self._trainer, state["epoch"])
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is None:
+            return  # a new run: its first iterator was made for epoch 0, as it should be
+        # Resuming, the first iterator is stale: Lightning made it while `configure_optimizers`
+        # read `estimated_stepping_batches`, before the loops were restored, so it was made
+        # for epoch 0 (its order, its worker seeds, FFCV's resolution), and a DataLoader with
+        # workers had already prefetched before any sampler's set_epoch. Make it again now.
         loop = trainer.fit_loop
+        epoch = trainer.current_epoch  # restored by now: the epoch about to train
         done = loop.epoch_loop.batch_progress.current.ready  # as restored, before the loop resets
-        if not (loop.restarted_mid_epoch and done):
+        if done >= trainer.num_training_batches:
+            done = 0  # saved at the epoch's end: the next epoch starts from its first batch
+        self._reseed(trainer, epoch)
+        loaders = trainer.train_dataloader
+        for loader in (loaders if isinstance(loaders, (list, tuple)) else [loaders]):
+            _set_sampler_epoch(loader, epoch)  # as Lightning does at every epoch start
+        # Lightning's fetcher (private, checked against Lightning 2.6.6; the resume tests fail
+        # if it changes): iter() makes the loaders' iterators again; a sized loader's fetcher
+        # fetches nothing ahead.
+        fetcher = loop._data_fetcher
+        iter(fetcher)
+        if not done:
             return
-        # Lightning's own fetcher (private): a sized loader's iterator exists, nothing fetched yet.
-        fetcher = getattr(loop, "_data_fetcher", None)
-        iterator = getattr(fetcher, "iterator", None)
         stateful = all(hasattr(dl, "load_state_dict") for dl in loop._combined_loader.flattened)
         if stateful:
             return
-        if iterator is None or getattr(fetcher, "batches", None) or fetcher.length is None:
-            rank_zero_warn(f"resumed in the middle of epoch {trainer.current_epoch} without "
-                           "replaying its data order (unsized loader)")
+        if getattr(fetcher, "batches", None) or fetcher.length is None:
+            rank_zero_warn(f"resumed in the middle of epoch {epoch} without replaying its data "
+                           "order (unsized loader)")
             return
         for _ in range(done):
-            next(iterator)
+            next(fetcher.iterator)
         # Lightning then warns that this loader cannot resume mid-epoch; it just did.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
 
@@ -301,15 +362,64 @@ class NonFiniteGuard:
 
     A module hook and not a callback, because only `training_step` can skip a step (by returning
     None: no backward, no update). Ranks agree on the verdict, so DDP ranks stop or skip together.
-    Costs one device sync per step.
+
+    - "stop" (the default) costs no device sync per step: each loss's finiteness is folded into
+      a device-side record (the first non-finite step of the window and its value), and the
+      record is read every `every_n_steps` steps, at each epoch's last step and before any
+      checkpoint is written (`verify`). A bad loss therefore stops training at most
+      `every_n_steps - 1` steps later, never after a checkpoint saw it, and the line names the
+      step it happened at and the steps the check covered.
+    - "skip" must know each step's verdict before its backward: one sync per step.
     """
 
-    def __init__(self, mode: str = "stop"):
-        self.mode, self.skipped, self._in_a_row = mode, 0, 0
+    def __init__(self, mode: str = "stop", every_n_steps: int = NONFINITE_CHECK_EVERY_N_STEPS):
+        self.mode, self.every_n_steps = mode, every_n_steps
+        self.skipped, self._in_a_row = 0, 0
         self.last_ok = True  # the latest step was taken (the EMA follows only those)
+        self._window: list[tuple[int, int, int, float]] = []  # (step, epoch, batch, lr) unread
+        self._first = self._value = None  # device: window index of the first bad loss, its value
 
     def check(self, module, loss: torch.Tensor, batch_idx: int) -> bool:
         trainer = module.trainer
+        if self.mode == "skip":
+            return self._check_now(trainer, loss, batch_idx)
+        loss = loss.detach()
+        if self._first is None:
+            self._first = torch.full((), _NONE_BAD, dtype=torch.long, device=loss.device)
+            self._value = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        new = ~torch.isfinite(loss) & (self._first == _NONE_BAD)  # device ops only
+        self._first = torch.where(new, len(self._window), self._first)
+        self._value = torch.where(new, loss, self._value)
+        self._window.append((trainer.global_step, trainer.current_epoch, batch_idx,
+                             trainer.optimizers[0].param_groups[0]["lr"]))
+        if (len(self._window) >= self.every_n_steps
+                or batch_idx == trainer.num_training_batches - 1):
+            self.verify(trainer)
+        return True
+
+    def verify(self, trainer) -> None:
+        """Read the record (one sync, one all-reduce under DDP); raise if a loss was not finite.
+        Every rank calls it at the same step (their windows are equally long)."""
+        if not self._window:
+            return
+        first = self._first
+        if trainer.world_size > 1:
+            first = _all_reduce(first.clone(), dist.ReduceOp.MIN)
+        index, mine = int(first), int(self._first)
+        window, value = self._window, float(self._value)
+        self._window, self._first, self._value = [], None, None
+        if index == _NONE_BAD:
+            return
+        step, epoch, batch, lr = window[index]
+        what = str(value) if mine == index else "non-finite (on another rank)"
+        checked = (f"losses are read every {self.every_n_steps} steps: this check covered "
+                   f"steps {window[0][0]}-{window[-1][0]}")
+        raise NonFiniteError(f"{what} training loss at step {step} (epoch {epoch}, batch {batch})"
+                             f" with lr {lr:.4g}; stopped before any checkpoint saw it ({checked})."
+                             " Lower model.lr, check the data, or skip such steps with "
+                             "--model.nonfinite_loss=skip")
+
+    def _check_now(self, trainer, loss: torch.Tensor, batch_idx: int) -> bool:
         finite = bool(torch.isfinite(loss))
         if trainer.world_size > 1:
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -323,11 +433,9 @@ class NonFiniteGuard:
         where = (f"{what} training loss at step {trainer.global_step} "
                  f"(epoch {trainer.current_epoch}, batch {batch_idx}) with lr {lr:.4g}")
         self.skipped, self._in_a_row = self.skipped + 1, self._in_a_row + 1
-        if self.mode == "skip" and self._in_a_row <= MAX_SKIPPED_IN_A_ROW:
+        if self._in_a_row <= MAX_SKIPPED_IN_A_ROW:
             rank_zero_warn(f"skipped a step: {where}")
             return False
-        why = (f" ({self._in_a_row} steps in a row: the weights are gone)"
-               if self.mode == "skip" else "")
-        raise NonFiniteError(f"{where}{why}; stopped before any checkpoint saw it. Lower "
-                             "model.lr, check the data, or skip such steps with "
-                             "--model.nonfinite_loss=skip")
+        raise NonFiniteError(f"{where} ({self._in_a_row} steps in a row: the weights are gone); "
+                             "stopped before any checkpoint saw it. Lower model.lr, check the "
+                             "data, or skip such steps with --model.nonfinite_loss=skip")

@@ -244,6 +244,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_path):
     assert errors(out)[-1].startswith(
         f"error: nan training loss at step 8 (epoch 1, batch 2) with lr {lr:.4g}; stopped before "
         "any checkpoint saw it"), out.stderr[-3000:]
+    # Read at epoch 1's last step (the check is sync-free in between): the line says so.
+    assert "(losses are read every 50 steps: this check covered steps 6-11)" in errors(out)[-1]
     rec = record(tmp_path)
     assert rec["status"] == "failed" and rec["stop_reason"].startswith("nan training loss")
     ckpt = last_ckpt(tmp_path)

@@ -192,9 +192,14 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[a[0][0] for a in BAD_INPUTS])
-def test_bad_input_is_one_line_before_training(tmp_path, args, message):
-    out = cli("fit", "--config", DEMO, *args, cwd=tmp_path)
-    assert out.returncode == 2
-    errors = [line for line in out.stderr.splitlines() if line.strip()]
-    assert errors == [errors[-1]] and message in errors[-1], out.stderr[-2000:]
+def test_bad_input_is_one_line_before_training(tmp_path, monkeypatch, capsys, args, message):
+    # In-process (the same `main` as `python -m resnext_lit`; tests/test_bad_inputs.py runs its
+    # table as subprocesses): a second each instead of a Python start-up with Lightning.
+    from resnext_lit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", DEMO, *args]) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    assert errors == [errors[-1]] and message in errors[-1], stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained

@@ -58,17 +58,32 @@ class _HeldBatchesIterator(EpochIterator):
         self.output_queue = Queue(self.loader.batches_ahead - 1)
         super().start()
 
+    def stop(self) -> None:
+        """End an epoch its consumer left unfinished (`limit_train_batches`, a resume that
+        remade the iterator): FFCV's producer would otherwise wait forever on its full queue,
+        holding its buffers. It notices within half a second of the queue filling."""
+        self.terminate_event.set()
+        if self.is_alive():
+            self.join()
+        self.close()
+
 
 class _LightningLoader(Loader):
-    """FFCV's Loader whose epochs run on `_HeldBatchesIterator` (its __iter__, re-stated)."""
+    """FFCV's Loader whose epochs run on `_HeldBatchesIterator` (its __iter__, re-stated), one
+    epoch at a time: a new epoch stops the previous one if it is still producing."""
+
+    _epoch: _HeldBatchesIterator | None = None
 
     def __iter__(self):
+        if self._epoch is not None:
+            self._epoch.stop()
         Compiler.set_num_threads(self.num_workers)
         order = self.next_traversal_order()
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        return _HeldBatchesIterator(self, order[:len(self) * self.batch_size])
+        self._epoch = _HeldBatchesIterator(self, order[:len(self) * self.batch_size])
+        return self._epoch
 
 
 class _TrainLoader(_LightningLoader):
