@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """`data` as indented JSON at `path`, all or nothing (values JSON cannot hold become str)."""
+    """`data` as indented JSON at `path`, all or nothing (values JSON cannot hold become str).
+    The file gets the umask's permissions (a sidecar beside a shared beton stays readable by
+    the group), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, default=str)

@@ -299,6 +299,20 @@ def test_atomic_save_leaves_the_old_file_when_a_save_fails(tmp_path):
     assert io.load_checkpoint(path)["global_step"] == 1
 
 
+def test_json_records_are_written_whole_with_the_umask_permissions(tmp_path):
+    """results.json, sidecars and sweep state: a failed write keeps the old file, and a new
+    file is readable as the umask allows (a sidecar beside a shared beton), not 0600."""
+    from resnext_lit.atomic import write_json_atomic
+
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"status": "running"})
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"bad": float("nan"), 1j: "complex keys cannot be JSON"})
+    assert json.loads(path.read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
