@@ -146,7 +146,7 @@ class ResNeXtModule(LightningModule):
         self.log("train/images_per_s", self._clock.rate("train", self.trainer.world_size))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.trainer.training:  # every rank saves (and so checks) at the same step
+        if self.trainer.state.fn == "fit":  # every rank saves (and so checks) at the same step
             self._nonfinite.verify(self.trainer)
 
     # -- evaluation ----------------------------------------------------------------------------
