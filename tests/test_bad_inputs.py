@@ -109,14 +109,11 @@ WRITE = ["write-beton", "--no-progress", "--workers=1", "--max-side=24"]
 
 # (id, argv, culprit: text(s) the one error line must contain, exit status or None: non-zero)
 ROWS = [
-    # the training CLI: arguments and config files
-    ("misspelled key", [*FIT, "--model.widht=3"], "--model.widht=3", 2),
+    # the training CLI: arguments and config files (a misspelled option, an unknown arch and
+    # C = 0 are rows of tests/test_training.py's table, run in-process through the same main)
     ("misspelled key in a config file", [*FIT, "--config", "{root}/misspelled.yaml"],
      "cardinalty", 2),
     ("wrong type", [*FIT, "--model.lr=fast"], '"model.lr"', 2),
-    ("unknown arch", [*FIT, "--model.arch=resnext50_32x4"],
-     "unknown model 'resnext50_32x4'; closest: resnext50_32x4d", 2),
-    ("C out of range", [*FIT, "--model.cardinality=0"], "cardinality must be", 2),
     ("d out of range", [*FIT, "--model.bottleneck_width=0"], "bottleneck_width", 2),
     ("unknown command", ["trian", "--config", DEMO], "unknown command 'trian'", 2),
     ("missing config file", ["fit", "--config", "{root}/nope.yaml"], "nope.yaml", 2),

@@ -40,8 +40,8 @@ GPU = dict(arch="resnext50_32x4d", num_classes=1000, res=224, e2e_res=176, batch
            warmup_steps=4, timed_steps=12, e2e_windows=5, e2e_window_steps=8, repeats=5,
            num_images=8192, precision="bf16-mixed", budget_s=390)
 DRY = dict(arch="resnext29_8x64d", depth=11, cardinality=2, bottleneck_width=4, num_classes=4,
-           res=32, e2e_res=32, batch_size=8, warmup_steps=2, timed_steps=2, e2e_windows=5,
-           e2e_window_steps=1, repeats=5, num_images=64, precision="bf16-mixed", budget_s=300)
+           res=32, e2e_res=32, batch_size=8, warmup_steps=1, timed_steps=2, e2e_windows=5,
+           e2e_window_steps=1, repeats=5, num_images=48, precision="bf16-mixed", budget_s=300)
 GOAL_IMAGES_PER_S = 5000
 # Seconds each part is expected to need, beyond the compilation times measured on the way.
 EAGER_S, COMPILED_RUNS_S, E2E_S = 60, 30, 90
