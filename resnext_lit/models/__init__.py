@@ -2,8 +2,10 @@
 
 from .complexity import complexity, solve_bottleneck_width
 from .convert import convert_form
-from .registry import create_model, list_models, model_config, model_entry
+from .registry import (create_model, list_models, model_config, model_entry,
+                       registered_name)
 from .resnext import FORMS, Bottleneck, ResNeXt, group_width
 
 __all__ = ["FORMS", "Bottleneck", "ResNeXt", "complexity", "convert_form", "create_model",
-           "group_width", "list_models", "model_config", "model_entry", "solve_bottleneck_width"]
+           "group_width", "list_models", "model_config", "model_entry",
+           "registered_name", "solve_bottleneck_width"]

@@ -104,6 +104,16 @@ def model_config(name: str, **overrides) -> dict:
     return dict(layers=DEPTHS[depth], stem=stem, **args)
 
 
+def registered_name(depth: int, cardinality: int, bottleneck_width: int) -> str | None:
+    """The registered name of the network (depth, C, d), e.g. a run built as `resnext50_32x4d
+    --model.cardinality 8 --model.bottleneck_width 14` is "resnext50_8x14d"; None if unlisted.
+    ResNeXt "1x64d" names are preferred to their ResNet aliases (the same networks)."""
+    found = [name for name, e in _REGISTRY.items()
+             if (e["depth"], e["cardinality"], e["bottleneck_width"])
+             == (depth, cardinality, bottleneck_width)]
+    return min(found, key=lambda name: (not name.startswith("resnext"), name), default=None)
+
+
 def create_model(name: str, **overrides) -> ResNeXt:
     """Build the registered network `name`, e.g. `create_model("resnext101_64x4d")`."""
     return ResNeXt(**model_config(name, **overrides))
