@@ -4,8 +4,8 @@ from .complexity import complexity, solve_bottleneck_width
 from .convert import convert_form
 from .registry import (create_model, list_models, model_config, model_entry,
                        registered_name)
-from .resnext import FORMS, Bottleneck, ResNeXt, group_width
+from .resnext import FORMS, BlurConv2d, Bottleneck, ResNeXt, blurs, group_width
 
-__all__ = ["FORMS", "Bottleneck", "ResNeXt", "complexity", "convert_form", "create_model",
-           "group_width", "list_models", "model_config", "model_entry",
+__all__ = ["FORMS", "BlurConv2d", "Bottleneck", "ResNeXt", "blurs", "complexity", "convert_form",
+           "create_model", "group_width", "list_models", "model_config", "model_entry",
            "registered_name", "solve_bottleneck_width"]

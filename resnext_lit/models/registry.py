@@ -6,7 +6,7 @@
 Each entry is a dict of `ResNeXt` arguments plus the figures the paper reports for it
 (arXiv:1611.05431; top-1/top-5 error in %, ImageNet single 224 crop unless the key says CIFAR).
 Overrides (`num_classes`, `form`, `cardinality`, `bottleneck_width`, `depth`,
-`zero_init_residual`) apply to any name.
+`zero_init_residual`, `blurpool`) apply to any name.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ DEPTHS = {11: (1, 1, 1), 29: (3, 3, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 15
           200: (3, 24, 36, 3)}
 CIFAR_DEPTHS = (11, 29)
 OVERRIDES = ("num_classes", "form", "cardinality", "bottleneck_width", "depth",
-             "zero_init_residual")
+             "zero_init_residual", "blurpool")
 
 _REGISTRY: dict[str, dict] = {}
 

@@ -7,12 +7,13 @@ the architecture itself.
     >>> net = ResNeXt(layers=(3, 4, 6, 3), cardinality=32, bottleneck_width=4)  # ResNeXt-50 32x4d
 
 Form (c) keeps torchvision's parameter names (`layer1.0.conv2.weight`, ...), so torchvision's
-`resnet50` / `resnext50_32x4d` checkpoints load with `strict=True`.
+`resnet50` / `resnext50_32x4d` checkpoints load with `strict=True`, with or without `blurpool`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FORMS = ("a", "b", "c")
@@ -40,12 +41,50 @@ def check_block_args(cardinality: int, bottleneck_width: int, form: str) -> None
         raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
 
 
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+def blurs(in_channels: int, stride: int) -> bool:
+    """BlurPool's placement: blur the input of every conv with stride > 1 and >= 16 input channels.
+
+    This is ffcv-imagenet's rule (libffcv/ffcv-imagenet `train_imagenet.py`, `use_blurpool: 1`,
+    after Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019): in a ResNet
+    it hits each stage's strided 3x3 conv and 1x1 shortcut conv, never the 7x7 stem (3 channels).
+    Forms (a) and (b) ask it about the block's grouped width C * d, not a path's d: the blur is
+    depthwise, so blurring every path's input is blurring the grouped conv's input, and the
+    three forms stay one function (`convert_form`).
+    """
+    return stride > 1 and in_channels >= 16
 
 
-def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False)
+class BlurConv2d(nn.Conv2d):
+    """An `nn.Conv2d` that first blurs its input with the 3x3 binomial filter [1,2,1]^T[1,2,1]/16.
+
+    The blur is ffcv-imagenet's (see `blurs`): depthwise, stride 1, zero padding 1, then the
+    strided conv runs unchanged. Zhang (2019, Fig. 2) instead runs the conv at stride 1, then
+    ReLU, blur and subsample; blurring first costs far less. The filter is a fixed, non-persistent
+    buffer, so parameters and `state_dict` keys are exactly `nn.Conv2d`'s (checkpoints load as is).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        row = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(row, row) / 16
+        self.register_buffer("blur_filter", kernel.expand(self.in_channels, 1, 3, 3).clone(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.conv2d(x, self.blur_filter, padding=1, groups=self.in_channels))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", blurpool=True"
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1, blur: bool = False) -> nn.Conv2d:
+    return (BlurConv2d if blur else nn.Conv2d)(cin, cout, 1, stride=stride, bias=False)
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1,
+            blur: bool = False) -> nn.Conv2d:
+    return (BlurConv2d if blur else nn.Conv2d)(cin, cout, 3, stride=stride, padding=1,
+                                               groups=groups, bias=False)
 
 
 class Path(nn.Module):
@@ -55,10 +94,11 @@ class Path(nn.Module):
     (`conv3`), without BN: the paper puts one BN after the aggregation (footnote 6).
     """
 
-    def __init__(self, inplanes: int, d: int, stride: int, outplanes: int | None):
+    def __init__(self, inplanes: int, d: int, stride: int, outplanes: int | None,
+                 blur: bool = False):
         super().__init__()
         self.conv1, self.bn1 = conv1x1(inplanes, d), nn.BatchNorm2d(d)
-        self.conv2, self.bn2 = conv3x3(d, d, stride), nn.BatchNorm2d(d)
+        self.conv2, self.bn2 = conv3x3(d, d, stride, blur=blur), nn.BatchNorm2d(d)
         self.conv3 = conv1x1(d, outplanes) if outplanes else None
         self.relu = nn.ReLU(inplace=True)
 
@@ -75,11 +115,13 @@ class Bottleneck(nn.Module):
     form "b": C paths 1x1 -> 3x3, concatenated, then one 1x1 (Fig. 3b, Inception-like).
     form "a": C paths 1x1 -> 3x3 -> 1x1, summed, BN after the sum (Fig. 3a, footnote 6).
     All three compute the same function for matching weights (Sec. 3.3; see `convert_form`).
-    Downsampling strides the 3x3 conv, as in the paper's released code and torchvision.
+    Downsampling strides the 3x3 conv, as in the paper's released code and torchvision;
+    `blurpool` blurs that conv's input where `blurs` says so.
     """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, cardinality: int = 1,
-                 bottleneck_width: int = 64, form: str = "c", downsample: nn.Module | None = None):
+                 bottleneck_width: int = 64, form: str = "c", downsample: nn.Module | None = None,
+                 blurpool: bool = False):
         super().__init__()
         check_block_args(cardinality, bottleneck_width, form)
         width, outplanes = group_width(planes, cardinality, bottleneck_width), planes * EXPANSION
@@ -87,15 +129,16 @@ class Bottleneck(nn.Module):
             raise ValueError(f"bottleneck_width={bottleneck_width} is too small: "
                              f"floor({planes} * d / 64) is 0 at planes={planes}")
         self.form, self.cardinality = form, cardinality
+        blur = blurpool and blurs(width, stride)  # judged on C * d in every form (see `blurs`)
         if form == "c":
             self.conv1, self.bn1 = conv1x1(inplanes, width), nn.BatchNorm2d(width)
-            self.conv2 = conv3x3(width, width, stride, groups=cardinality)
+            self.conv2 = conv3x3(width, width, stride, groups=cardinality, blur=blur)
             self.bn2 = nn.BatchNorm2d(width)
             self.conv3 = conv1x1(width, outplanes)
         else:
             d = width // cardinality
             self.paths = nn.ModuleList(
-                Path(inplanes, d, stride, outplanes if form == "a" else None)
+                Path(inplanes, d, stride, outplanes if form == "a" else None, blur)
                 for _ in range(cardinality))
             if form == "b":
                 self.conv3 = conv1x1(width, outplanes)
@@ -132,11 +175,15 @@ class ResNeXt(nn.Module):
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (one 3x3 conv, 64 filters).
         zero_init_residual: start each block's last BN at gamma = 0 so every block begins as the
             identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1).
+        blurpool: blur the input of every strided conv with >= 16 input channels by a fixed 3x3
+            binomial filter (`blurs`, `BlurConv2d`: ffcv-imagenet's recipe, after Zhang 2019).
+            Off in the paper's recipes; parameters and `state_dict` keys do not change.
     """
 
     def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), cardinality: int = 1,
                  bottleneck_width: int = 64, form: str = "c", num_classes: int = 1000,
-                 stem: str = "imagenet", zero_init_residual: bool = False):
+                 stem: str = "imagenet", zero_init_residual: bool = False,
+                 blurpool: bool = False):
         super().__init__()
         check_block_args(cardinality, bottleneck_width, form)
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -148,9 +195,9 @@ class ResNeXt(nn.Module):
             raise ValueError(f"layers must be positive block counts per stage, got {layers!r}")
         self.config = dict(layers=layers, cardinality=cardinality,
                            bottleneck_width=bottleneck_width, form=form, num_classes=num_classes,
-                           stem=stem, zero_init_residual=zero_init_residual)
+                           stem=stem, zero_init_residual=zero_init_residual, blurpool=blurpool)
         self.inplanes = 64
-        if stem == "imagenet":
+        if stem == "imagenet":  # 3 input channels: `blurs` leaves the stem alone
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         else:
@@ -160,7 +207,7 @@ class ResNeXt(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         for i, blocks in enumerate(layers):
             stage = self._make_stage(64 * 2**i, blocks, 1 if i == 0 else 2,
-                                     cardinality, bottleneck_width, form)
+                                     cardinality, bottleneck_width, form, blurpool)
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -168,14 +215,15 @@ class ResNeXt(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _make_stage(self, planes: int, blocks: int, stride: int, cardinality: int,
-                    bottleneck_width: int, form: str) -> nn.Sequential:
+                    bottleneck_width: int, form: str, blurpool: bool) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * EXPANSION:
             # Projection shortcut only where the shape changes (paper Sec. 4, ResNet option B).
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * EXPANSION, stride),
+            blur = blurpool and blurs(self.inplanes, stride)
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * EXPANSION, stride, blur),
                                        nn.BatchNorm2d(planes * EXPANSION))
         stage = [Bottleneck(self.inplanes, planes, stride, cardinality, bottleneck_width, form,
-                            downsample)]
+                            downsample, blurpool)]
         self.inplanes = planes * EXPANSION
         stage += [Bottleneck(self.inplanes, planes, 1, cardinality, bottleneck_width, form)
                   for _ in range(1, blocks)]
