@@ -6,12 +6,22 @@
 
 Reads the `results.json` records the training writes (or W&B runs, converted to the same shape)
 and lays them out as arXiv:1611.05431 prints them: Table 3 (depth x C x d), Table 4 (top-1/top-5
-at 2x complexity), Table 7 (CIFAR-10/100 with params), Fig. 7 (CIFAR-10 error vs params), and
-a table of every other setting (e.g. the digits demo). Each cell is ours (mean +- std over
-seeds), the paper's figure from the model registry, and the difference. A setting with no
-finished run is a gap ("-", with the state of its runs), never a zero. Writes tables.md,
-tables.csv (one row per cell) and PNGs: train/val error per epoch (Fig. 5 style) and error vs
-params (Fig. 7 style). `build_tables` is a pure function of the records.
+at 2x complexity), Table 5 (single-crop test at 224 and 320 px), Table 7 (CIFAR-10/100 with
+params), Fig. 7 (CIFAR-10 error vs params), and a table of every other setting (e.g. the digits
+demo). Each cell is ours (mean +- std over seeds), the paper's figure from the model registry,
+and the difference. A setting with no finished run is a gap ("-", with the state of its runs),
+never a zero. Writes tables.md, tables.csv (one row per cell) and PNGs: train/val error per epoch
+(Fig. 5 style) and error vs params (Fig. 7 style). `build_tables` is a pure function of records.
+
+How cells are formed (`resnext_lit/cells.py`): a run counts for the network it built, looked up
+by (depth, C, d), not by its `--model.arch` name, and a cell averages only runs of one effective
+recipe (dataset, recipe, network, form, stage, planned epochs, global batch, train/val resolution,
+val crop ratio). When a network's runs hold several recipes, the cell takes the one with the
+most planned epochs, then the most finished runs; the others are listed in "Runs apart from the
+paper cells", each naming how it differs ("epochs 2 (cell: 100)"), never averaged in. A note
+under each table states its cells' recipe. `validate` records (a checkpoint evaluated again)
+count only in Table 5, which takes each evaluation at 224 px and at 320 px; a `fit` run's final
+error is an evaluation at its own val resolution.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cells import NETWORK, RECIPE, Cell, describe, differences, picker, setting_of, summarize
 from .models import model_entry
 from .models.registry import FIG7_WIDE, TABLE3, TABLE3_SETTINGS
 
@@ -35,10 +46,13 @@ TABLE4_ROWS = (("ResNet-101", "1x64d", "resnext101_1x64d"),
                ("ResNet-101, wider", "1x100d", "resnet101_wide"),
                ("ResNeXt-101", "2x64d", "resnext101_2x64d"),
                ("ResNeXt-101", "64x4d", "resnext101_64x4d"))
+# Table 5: single-crop test at 224 and 320 px, as He et al. 2016 (Identity Mappings) test.
+TABLE5_ROWS = (("ResNet-200", "1x64d", "resnet200"), ("ResNeXt-101", "64x4d", "resnext101_64x4d"))
+TABLE5_SIZES = (224, 320)
 TABLE7_ARCHS = ("resnext29_8x64d", "resnext29_16x64d")
 FIG7_CARDINALITY = tuple(f"resnext29_{c}x64d" for c in (1, 2, 4, 8, 16))
 FIG7_WIDTH = ("resnext29_1x64d", *(f"resnext29_1x{d}d" for d in FIG7_WIDE.values()))
-ALIASES = {"resnet50": "resnext50_1x64d", "resnet101": "resnext101_1x64d"}  # same networks
+APART = "Runs apart from the paper cells"
 
 
 @dataclass
@@ -49,37 +63,6 @@ class Table:
     cells: list[dict] = field(default_factory=list)    # long form, for the CSV
     runs: dict[str, list[dict]] = field(default_factory=dict)  # label -> runs, for the plots
     notes: list[str] = field(default_factory=list)
-
-
-def summarize(record: dict, metric: str = "final") -> dict:
-    """One record (results.json shape) -> the fields the tables need; tolerant of gaps."""
-    model, config = record.get("model") or {}, record.get("config") or {}
-    arch = record.get("arch") or (config.get("model") or {}).get("arch")
-    arch = ALIASES.get(arch, arch)
-    try:
-        entry = model_entry(arch)
-    except (ValueError, TypeError):
-        entry = None
-    data = config.get("data") or {}
-    data_class = str(data.get("class_path", "") if isinstance(data, dict) else "").lower()
-    classes = model.get("num_classes")
-    if "cifar" in data_class:
-        dataset = f"cifar{classes}"
-    elif classes == 1000 and model.get("stem") == "imagenet":
-        dataset = "imagenet"
-    else:
-        dataset = data_class.rsplit(".", 1)[-1].removesuffix("datamodule") or None
-    setting = tuple(model.get(k) for k in ("depth", "cardinality", "bottleneck_width"))
-    paper = entry is not None and setting == (entry["depth"], entry["cardinality"],
-                                               entry["bottleneck_width"])
-    result = record.get(metric) or {}
-    return {"arch": arch, "status": record.get("status", "unknown"), "dataset": dataset,
-            "recipe": record.get("recipe"), "seed": record.get("seed"), "paper_setting": paper,
-            "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
-            "form": model.get("form"), "params": model.get("params"), "macs": model.get("macs"),
-            "top1": result.get("val/top1_err"), "top5": result.get("val/top5_err"),
-            "epochs": record.get("epochs") or [], "images_per_s": record.get("images_per_s"),
-            "paper": (entry or {}).get("paper", {}) if paper else {}}
 
 
 def stat(runs: list[dict], key: str) -> tuple[float | None, float | None, int]:
@@ -108,37 +91,63 @@ def diff(mean, paper) -> str:
     return GAP if mean is None or paper is None else f"{mean - paper:+.2f}"
 
 
-def _cell(table: Table, row: str, column: str, runs: list[dict], key: str,
+def _cell(table: Table, row: str, column: str, cell: Cell, key: str,
           paper: float | None) -> tuple[str, str, str]:
-    mean, std, n = stat(runs, key)
+    mean, std, n = stat(cell.runs, key)
     table.cells.append({"table": table.title, "row": row, "column": column, "ours_mean": mean,
                         "ours_std": std, "n": n, "paper": paper,
                         "diff": None if mean is None or paper is None else mean - paper,
-                        "states": " ".join(sorted(r["status"] for r in runs))})
-    return fmt(mean, std, n, runs), GAP if paper is None else f"{paper:.2f}", diff(mean, paper)
+                        "states": " ".join(sorted(r["status"] for r in cell.runs)),
+                        **cell.setting})
+    return (fmt(mean, std, n, cell.runs), GAP if paper is None else f"{paper:.2f}",
+            diff(mean, paper))
 
 
 def build_tables(records: list[dict], metric: str = "final") -> list[Table]:
-    """Run records -> the paper's tables (only those some record belongs to) + other runs."""
+    """Run records -> the paper's tables (only those some record belongs to), the runs kept
+    apart from their cells, and every other run."""
     runs = [summarize(r, metric) for r in records]
     by: dict[tuple, list[dict]] = {}
     for r in runs:
-        by.setdefault((r["dataset"], r["recipe"], r["arch"] if r["paper_setting"] else None),
-                      []).append(r)
+        if r["network"]:
+            by.setdefault((r["dataset"], r["recipe"], r["network"]), []).append(r)
     placed: set[int] = set()
+    apart: dict[tuple, dict] = {}  # (group, its cell) -> the tables it is apart from
     tables = []
-    recipes = sorted({r["recipe"] for r in runs if r["paper_setting"]}, key=str)
-    for build in (_table3, _table4, _table7, _fig7):  # the paper's order, then by recipe
+    recipes = sorted({r["recipe"] for r in runs if r["network"]}, key=str)
+    for build in (_table3, _table4, _table5, _table7, _fig7):  # the paper's order, then recipe
         for recipe in recipes:
-            def pick(arch, dataset, _recipe=recipe):
-                found = by.get((dataset, _recipe, arch), [])
-                placed.update(id(r) for r in found)
-                return found
-            tables += [t for t in [build(pick, recipe)] if t.runs]
+            pick, picked = picker(by, recipe, placed)
+            t = build(pick, recipe)
+            if t.runs:
+                tables.append(t)
+                t.notes += _recipe_notes(picked)
+                for cell in picked:
+                    for group in cell.apart:
+                        key = (tuple(id(r) for r in group), tuple(id(r) for r in cell.runs))
+                        apart.setdefault(key, {"group": group, "cell": cell, "tables": []})
+                        apart[key]["tables"].append(t.title.split(":")[0])
+    if apart:
+        tables.append(_apart(apart.values()))
     others = [r for r in runs if id(r) not in placed]
     if others:
         tables.append(_other(others))
     return tables
+
+
+def _recipe_notes(cells: list[Cell]) -> list[str]:
+    """The note under a paper table: the recipe its cells average, and what is kept apart."""
+    used: dict[str, dict[str, None]] = {}
+    for cell in cells:
+        if cell.runs:
+            used.setdefault(describe(cell.setting), {})[cell.name] = None
+    notes = [f"cells: {next(iter(used))}" if len(used) == 1 else "cells (one recipe each): " +
+             "; ".join(f"{d} for {', '.join(names)}" for d, names in used.items())]
+    kept = {tuple(id(r) for r in g) for cell in cells for g in cell.apart}
+    if kept:
+        notes.append(f"{len(kept)} group(s) of these networks' runs with another recipe are "
+                     f"listed in \"{APART}\", never averaged in.")
+    return notes
 
 
 def _table3(pick, recipe) -> Table:
@@ -148,10 +157,10 @@ def _table3(pick, recipe) -> Table:
         cells = []
         for c, d in TABLE3_SETTINGS:
             arch = f"resnext{depth}_{c}x{d}d"
-            found = pick(arch, "imagenet")
-            if found:
-                t.runs[f"{depth} layers {c}x{d}d"] = found
-            cells.append(_cell(t, f"{depth} layers", f"{c}x{d}d", found, "top1",
+            cell = pick(arch, "imagenet")
+            if cell.runs:
+                t.runs[f"{depth} layers {c}x{d}d"] = cell.runs
+            cells.append(_cell(t, f"{depth} layers", f"{c}x{d}d", cell, "top1",
                                model_entry(arch)["paper"].get("top1_err")))
         for i, what in enumerate(("ours", "paper", "difference")):
             t.rows.append([f"{depth} layers, {what}", *(cell[i] for cell in cells)])
@@ -163,13 +172,34 @@ def _table4(pick, recipe) -> Table:
               "top-5 ours", "top-5 paper", "diff"]
     t = Table(f"Table 4: 2x complexity (~15 GFLOPs), ImageNet [{recipe}]", header)
     for name, setting, arch in TABLE4_ROWS:
-        found = pick(arch, "imagenet")
-        if found:
-            t.runs[f"{name} {setting}"] = found
+        cell = pick(arch, "imagenet")
+        if cell.runs:
+            t.runs[f"{name} {setting}"] = cell.runs
         paper = model_entry(arch)["paper"]
         t.rows.append([name, setting,
-                       *_cell(t, arch, "top-1", found, "top1", paper.get("top1_err")),
-                       *_cell(t, arch, "top-5", found, "top5", paper.get("top5_err"))])
+                       *_cell(t, arch, "top-1", cell, "top1", paper.get("top1_err")),
+                       *_cell(t, arch, "top-5", cell, "top5", paper.get("top5_err"))])
+    return t
+
+
+def _table5(pick, recipe) -> Table:
+    """Table 5: single-crop test at 224 and 320 px; the paper's 224 figures are Table 4's, its
+    320 ones the registry's `*_320` keys. Any evaluation at that val size counts: a `fit`'s final
+    error or a `validate` record of a checkpoint."""
+    header = ["model", "setting"]
+    for size in TABLE5_SIZES:
+        header += [f"top-1 {size} ours", "paper", "diff", f"top-5 {size} ours", "paper", "diff"]
+    t = Table(f"Table 5: single-crop test at 224 and 320 px, ImageNet [{recipe}]", header)
+    for name, setting, arch in TABLE5_ROWS:
+        paper, row = model_entry(arch)["paper"], [name, setting]
+        for size in TABLE5_SIZES:
+            cell = pick(arch, "imagenet", stages=("fit", "validate"), val_res=size)
+            if cell.runs:
+                t.runs[f"{name} {setting} at {size} px"] = cell.runs
+            suffix = "" if size == 224 else f"_{size}"
+            row += [*_cell(t, arch, f"top-1 {size}", cell, "top1", paper.get(f"top1_err{suffix}")),
+                    *_cell(t, arch, f"top-5 {size}", cell, "top5", paper.get(f"top5_err{suffix}"))]
+        t.rows.append(row)
     return t
 
 
@@ -180,13 +210,13 @@ def _table7(pick, recipe) -> Table:
     for arch in TABLE7_ARCHS:
         paper, row = model_entry(arch)["paper"], [arch]
         c10, c100 = pick(arch, "cifar10"), pick(arch, "cifar100")
-        mean_params = known(c10 + c100, "params")
+        mean_params = known(c10.runs + c100.runs, "params")
         row += [GAP if mean_params is None else f"{mean_params / 1e6:.1f}",
                 f"{paper['params_m']:.1f}"]
-        for dataset, found in (("cifar10", c10), ("cifar100", c100)):
-            if found:
-                t.runs[f"{arch} {dataset}"] = found
-            row += _cell(t, arch, dataset, found, "top1", paper.get(f"{dataset}_err"))
+        for dataset, cell in (("cifar10", c10), ("cifar100", c100)):
+            if cell.runs:
+                t.runs[f"{arch} {dataset}"] = cell.runs
+            row += _cell(t, arch, dataset, cell, "top1", paper.get(f"{dataset}_err"))
         t.rows.append(row)
     return t
 
@@ -196,41 +226,67 @@ def _fig7(pick, recipe) -> Table:
     t = Table(f"Fig. 7: cardinality vs width at equal size, CIFAR-10 [{recipe}]", header)
     for series, archs in (("cardinality (d=64)", FIG7_CARDINALITY), ("width (C=1)", FIG7_WIDTH)):
         for arch in archs:
-            found = pick(arch, "cifar10")
-            if found:
-                t.runs[f"{series}: {arch}"] = found
-            params = known(found, "params")
+            cell = pick(arch, "cifar10")
+            if cell.runs:
+                t.runs[f"{series}: {arch}"] = cell.runs
+            params = known(cell.runs, "params")
             t.rows.append([series, arch, GAP if params is None else f"{params / 1e6:.1f}",
-                           _cell(t, arch, "cifar10", found, "top1", None)[0]])
+                           _cell(t, arch, "cifar10", cell, "top1", None)[0]])
     return t
+
+
+def _apart(groups) -> Table:
+    """One row per group of runs kept out of a paper cell, naming how its recipe differs."""
+    header = ["table", "model", "data", "recipe", "differs from the cell in", "top-1 err (%)",
+              "top-5 err (%)", "epochs run"]
+    t = Table(f"{APART} (another effective recipe: never averaged in)", header)
+    for a in groups:
+        cell, where = a["cell"], a["cell"].setting
+        group = Cell(cell.name, a["group"], setting_of(a["group"][0]))
+        how = differences(group.setting, where)
+        label = f"{cell.name}: {how}"
+        t.runs[label] = group.runs
+        t.rows.append([", ".join(dict.fromkeys(a["tables"])), where["network"],
+                       str(where["dataset"]), str(where["recipe"]), how,
+                       _cell(t, label, "top-1", group, "top1", None)[0],
+                       _cell(t, label, "top-5", group, "top5", None)[0], _epochs_run(group.runs)])
+    return t
+
+
+def _epochs_run(runs: list[dict]) -> str:
+    """The epochs the finished runs trained ("2/100"); a `validate` record trained none."""
+    return "/".join(map(str, sorted({len(r["history"]) for r in runs
+                                     if r["status"] == "finished" and r["stage"] == "fit"}))) or GAP
 
 
 def _other(runs: list[dict]) -> Table:
     header = ["model", "depth", "C x d", "form", "data", "recipe", "params (M)", "GMACs",
-              "top-1 err (%)", "top-5 err (%)", "epochs", "img/s"]
+              "top-1 err (%)", "top-5 err (%)", "epochs", "img/s", "run as"]
     t = Table("Other settings (not a paper setting, or data the paper does not use)", header)
     groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        key = (r["arch"], r["depth"], r["cardinality"], r["bottleneck_width"], r["form"],
-               r["dataset"], r["recipe"])
-        groups.setdefault(key, []).append(r)
-    for (arch, depth, c, d, form, dataset, recipe), found in sorted(
-            groups.items(), key=lambda kv: [str(x) for x in kv[0]]):
+    for r in runs:  # one row per network and effective recipe: never average a smoke run in
+        key = (r["network"] or r["arch"], *setting_of(r).values())
+        groups.setdefault(tuple(map(str, key)), []).append(r)
+    for _, found in sorted(groups.items()):
+        s, name = setting_of(found[0]), found[0]["network"] or found[0]["arch"]
+        c, d, depth = s["cardinality"], s["bottleneck_width"], s["depth"]
         setting = GAP if c is None else f"{c}x{d}d"
         # "<data>: ..." names the series of the error-vs-params plot: one line per dataset.
-        label = f"{dataset}: {arch} {setting}" + (f" depth {depth}" if depth else "")
+        label = f"{s['dataset']}: {name} {setting}" + (f" depth {depth}" if depth else "")
+        if label in t.runs:  # the same network with another recipe
+            label += f" ({describe(s)})"
         t.runs[label] = found
         params, macs = known(found, "params"), known(found, "macs")
         speed = stat(found, "images_per_s")[0]
-        epochs = sorted({len(r["epochs"]) for r in found if r["status"] == "finished"})
-        t.rows.append([str(arch), str(depth or GAP), setting, str(form or GAP),
-                       str(dataset or GAP), str(recipe or GAP),
+        cell = Cell(label, found, s)
+        t.rows.append([str(name), str(depth or GAP), setting, str(s["form"] or GAP),
+                       str(s["dataset"] or GAP), str(s["recipe"] or GAP),
                        GAP if params is None else f"{params / 1e6:.2f}",
                        GAP if macs is None else f"{macs / 1e9:.3f}",
-                       _cell(t, label, "top-1", found, "top1", None)[0],
-                       _cell(t, label, "top-5", found, "top5", None)[0],
-                       "/".join(map(str, epochs)) or GAP,
-                       GAP if speed is None else f"{speed:.0f}"])
+                       _cell(t, label, "top-1", cell, "top1", None)[0],
+                       _cell(t, label, "top-5", cell, "top5", None)[0],
+                       _epochs_run(found), GAP if speed is None else f"{speed:.0f}",
+                       describe(s) if depth else GAP])  # a record with no network: no recipe
     return t
 
 
@@ -240,12 +296,15 @@ def markdown(tables: list[Table]) -> str:
         out += [f"### {t.title}", "", "| " + " | ".join(t.header) + " |",
                 "|" + "---|" * len(t.header)]
         out += ["| " + " | ".join(row) + " |" for row in t.rows]
-        out += [""] + [f"{note}" for note in t.notes] + ([""] if t.notes else [])
+        out += [""]
+        for note in t.notes:  # a paragraph each: Markdown would run adjacent lines together
+            out += [note, ""]
     return "\n".join(out)
 
 
 def write_csv(tables: list[Table], path: Path) -> None:
-    columns = ["table", "row", "column", "ours_mean", "ours_std", "n", "paper", "diff", "states"]
+    columns = ["table", "row", "column", "ours_mean", "ours_std", "n", "paper", "diff", "states",
+               *NETWORK, *RECIPE]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
@@ -257,7 +316,7 @@ def mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
     """Per-epoch mean of `key` over runs (any state: a partial curve is still a curve)."""
     per_epoch: dict[int, list[float]] = {}
     for r in runs:
-        for e in r["epochs"]:
+        for e in r["history"]:
             if e.get(key) is not None:
                 per_epoch.setdefault(e["epoch"], []).append(e[key])
     epochs = sorted(per_epoch)
@@ -357,13 +416,25 @@ def record_from_wandb(run) -> dict:
     state = {"finished": "finished", "running": "running", "killed": "interrupted"}
     model_keys = ("depth", "cardinality", "bottleneck_width", "form", "stem", "num_classes",
                   "params", "macs", "image_size")
-    return {"status": state.get(run.state, "failed"), "arch": config.get("arch"),
-            "model": {k: config.get(k) for k in model_keys}, "recipe": config.get("recipe"),
+    return {"status": state.get(run.state, "failed"), "stage": config.get("stage"),
+            "arch": config.get("arch"), "model": {k: config.get(k) for k in model_keys},
+            "dataset": config.get("dataset"), "recipe": config.get("recipe"),
             "seed": config.get("seed_everything"), "config": config,
+            "max_epochs": config.get("max_epochs"), "scale": _nested(config, "scale"),
+            "resolution": _nested(config, "resolution"),
             "epochs": [epochs[e] for e in sorted(epochs)],
             "final": {"val/top1_err": last("val/top1_err"), "val/top5_err": last("val/top5_err")},
             "best": {"val/top1_err": (summary.get("val/top1_err") or {}).get("min")
                      if isinstance(summary.get("val/top1_err"), dict) else None}}
+
+
+def _nested(config: dict, key: str) -> dict | None:
+    """`config[key]` as a dict, also when a logger flattened it to "key/sub" or "key.sub"."""
+    if isinstance(config.get(key), dict):
+        return config[key]
+    flat = {k[len(key) + 1:]: v for k, v in config.items()
+            if k[:len(key) + 1] in (f"{key}/", f"{key}.")}
+    return flat or None
 
 
 def load_wandb(sweep_path: str) -> list[dict]:  # needs a W&B server; not testable offline

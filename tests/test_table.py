@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from resnext_lit.models import model_entry
-from resnext_lit.table import GAP, build_tables, main, markdown, record_from_wandb, summarize
+from resnext_lit.table import (APART, GAP, build_tables, main, markdown, record_from_wandb,
+                               summarize, write_csv)
 
 IMAGENET = {"class_path": "resnext_lit.data.ffcv.FFCVDataModule"}
 CIFAR = {"class_path": "resnext_lit.data.cifar.CIFARDataModule"}
@@ -22,23 +23,59 @@ DIGITS = {"class_path": "resnext_lit.data.digits.DigitsDataModule"}
 
 
 def record(arch, top1, top5=None, status="finished", seed=0, recipe="imagenet_paper",
-           data=IMAGENET, num_classes=1000, **model):
+           data=IMAGENET, num_classes=1000, stage="fit", max_epochs=100, global_batch=None,
+           resolution=None, **model):
+    """A results.json record; ImageNet runs default to the paper's recipe (global batch 256 on
+    8 GPUs, 224 px train and val, crop 224/256), CIFAR runs to Sec. 5.3's (128, 32 px)."""
     entry = model_entry(arch)
     stem = "cifar" if entry["depth"] == 29 else "imagenet"
     model = {"depth": entry["depth"], "cardinality": entry["cardinality"],
              "bottleneck_width": entry["bottleneck_width"], "form": "c", "stem": stem,
              "num_classes": num_classes, "params": 25_000_000, "macs": 4_200_000_000, **model}
-    epochs = [{"epoch": e, "train/top1_err": 80.0 - 20 * e, "val/top1_err": 70.0 - 15 * e}
-              for e in range(3)]
-    return {"status": status, "arch": arch, "model": model, "recipe": recipe, "seed": seed,
-            "config": {"data": data}, "epochs": epochs, "images_per_s": 100.0,
-            "final": {"val/top1_err": top1, "val/top5_err": top5} if top1 is not None else None,
-            "best": {"val/top1_err": top1}}
+    imagenet = data is IMAGENET
+    dataset = "imagenet" if imagenet else "digits" if data is DIGITS else f"cifar{num_classes}"
+    size, batch = (224, 256) if imagenet else (32, 128)
+    world = 8 if imagenet else 1
+    global_batch = global_batch or batch
+    epochs = [] if stage == "validate" else [
+        {"epoch": e, "train/top1_err": 80.0 - 20 * e, "val/top1_err": 70.0 - 15 * e}
+        for e in range(min(3, max_epochs))]
+    rec = {"status": status, "stage": stage, "arch": arch, "model": model, "dataset": dataset,
+           "recipe": recipe, "seed": seed,
+           "config": {"data": data, "trainer": {"max_epochs": max_epochs}},
+           "max_epochs": max_epochs,
+           "scale": {"world_size": world, "per_device_batch": global_batch // world,
+                     "accumulate_grad_batches": 1, "global_batch": global_batch, "lr": 0.1},
+           "resolution": {"train": size, "train_final": size, "val": size,
+                          "val_crop_ratio": 0.875 if imagenet else None, **(resolution or {})},
+           "epochs": epochs, "images_per_s": 100.0,
+           "final": {"val/top1_err": top1, "val/top5_err": top5} if top1 is not None else None,
+           "best": None if stage == "validate" else {"val/top1_err": top1}}
+    if stage == "validate":
+        rec["checkpoint"] = f"runs/{arch}/checkpoints/last.ckpt"
+    return rec
+
+
+def old_record(arch, top1, **config):
+    """A record written before the dataset, stage, max_epochs, scale and resolution keys."""
+    rec = record(arch, top1)
+    for key in ("stage", "dataset", "max_epochs", "scale", "resolution"):
+        del rec[key]
+    rec["config"] = {"data": IMAGENET, **config}
+    return rec
 
 
 def by_title(tables, start):
     [table] = [t for t in tables if t.title.startswith(start)]
     return table
+
+
+def apart_rows(tables):
+    """The "runs apart" table as {its "differs from the cell in" text: row}."""
+    return {row[4]: row for row in by_title(tables, APART).rows}
+
+
+PAPER_CELL = "cells: form (c), 100 epochs, global batch 256, 224 px train / 224 px val (crop 0.875)"
 
 
 def test_table3_layout_ours_paper_difference_and_seed_statistics():
@@ -158,7 +195,9 @@ def test_wandb_run_conversion_without_a_server():
         config={"arch": "resnext50_32x4d", "recipe": "imagenet_paper", "depth": 50,
                 "cardinality": 32, "bottleneck_width": 4, "form": "c", "stem": "imagenet",
                 "num_classes": 1000, "params": 25_028_904, "macs": 4_230_000_000,
-                "data": IMAGENET, "_wandb": {}},
+                "data": IMAGENET, "_wandb": {}, "stage": "fit", "dataset": "imagenet",
+                "max_epochs": 100, "resolution": record("resnet50", 1.0)["resolution"],
+                **{f"scale/{k}": v for k, v in record("resnet50", 1.0)["scale"].items()}},
         summary={"val/top1_err": {"min": 21.9, "last": 22.1}, "val/top5_err": {"last": 6.1}},
         history=lambda keys=None, pandas=False: [
             {"epoch": 0, "train/top1_err": 60.0}, {"epoch": 0, "val/top1_err": 50.0},
@@ -167,5 +206,118 @@ def test_wandb_run_conversion_without_a_server():
     assert rec["final"] == {"val/top1_err": 22.1, "val/top5_err": 6.1}
     assert rec["best"]["val/top1_err"] == 21.9
     assert rec["epochs"][0] == {"epoch": 0, "train/top1_err": 60.0, "val/top1_err": 50.0}
+    assert (rec["dataset"], rec["stage"], rec["max_epochs"], rec["scale"]["global_batch"]) == (
+        "imagenet", "fit", 100, 256)  # a flattened "scale/..." config is read back as a dict
     t3 = by_title(build_tables([rec]), "Table 3")
-    assert "22.10" in markdown([t3])
+    assert "22.10" in markdown([t3]) and PAPER_CELL in t3.notes  # the same cell as results.json
+
+
+def test_a_smoke_run_is_shown_apart_and_never_averaged_into_the_paper_cell():
+    # The smoke run comes first: the cell is the most planned epochs, not the first record.
+    records = [record("resnext50_32x4d", 90.0, max_epochs=2, seed=7),
+               record("resnext50_32x4d", 22.0, seed=0), record("resnext50_32x4d", 22.4, seed=1)]
+    tables = build_tables(records)
+    t3 = by_title(tables, "Table 3")
+    rows = {row[0]: row[1:] for row in t3.rows}
+    assert rows["50 layers, ours"][4] == "22.20 ± 0.28 (n=2)"
+    assert PAPER_CELL in t3.notes and "90.00" not in markdown([t3])
+    assert any(APART in note for note in t3.notes)
+    [smoke] = apart_rows(tables).values()
+    assert smoke[:5] == ["Table 3", "resnext50_32x4d", "imagenet", "imagenet_paper",
+                         "epochs 2 (cell: 100)"]
+    assert smoke[5:] == ["90.00", f"{GAP} (finished)", "2"]  # its top-1, top-5, epochs run
+    assert not [t for t in tables if t.title.startswith("Other")]
+
+
+def test_another_global_batch_or_resolution_is_apart_with_the_difference_named():
+    fast = {"train": 160, "train_final": 192, "val": 256}
+    records = [record("resnext101_32x4d", 21.1 + s / 5, 5.6, seed=s) for s in range(2)]
+    records += [record("resnext101_32x4d", 21.9, 5.9, global_batch=512),
+                record("resnext101_32x4d", 23.0, 6.5, resolution=fast)]
+    tables = build_tables(records)
+    for title in ("Table 3", "Table 4"):  # the same cell in both tables: the 2 seeds only
+        assert "21.20 ± 0.14 (n=2)" in markdown([by_title(tables, title)])
+    apart = apart_rows(tables)
+    assert set(apart) == {"global batch 512 (cell: 256)",
+                          "train res 160 (cell: 224); final train res 192 (cell: 224); "
+                          "val res 256 (cell: 224)"}
+    assert apart["global batch 512 (cell: 256)"][0] == "Table 3, Table 4"  # listed once
+    assert apart["global batch 512 (cell: 256)"][5:7] == ["21.90", "5.90"]
+
+
+def test_a_run_built_with_overrides_lands_in_its_registered_networks_cell():
+    # --model.arch resnext50_32x4d --model.cardinality 8 --model.bottleneck_width 14
+    records = [record("resnext50_32x4d", 22.5, cardinality=8, bottleneck_width=14)]
+    tables = build_tables(records)
+    rows = {row[0]: row[1:] for row in by_title(tables, "Table 3").rows}
+    assert rows["50 layers, ours"][3] == "22.50" and rows["50 layers, ours"][4] == GAP
+    assert rows["50 layers, difference"][3] == "+0.20"
+    assert [t.title.split(":")[0] for t in tables] == ["Table 3"]  # no Other, no Table 5
+
+
+def test_table5_takes_fit_records_at_224_and_validate_records_at_320():
+    val320 = {"val": 320, "val_crop_ratio": 0.875}
+    records = [record("resnext101_64x4d", 20.9, 5.5), record("resnet200", 21.6, 5.7),
+               record("resnext101_64x4d", 19.3, 4.5, stage="validate", resolution=val320),
+               record("resnet200", 20.0, 4.9, stage="validate", resolution=val320),
+               record("resnext50_32x4d", 21.0, 5.0, stage="validate", resolution=val320)]
+    tables = build_tables(records)
+    t5 = by_title(tables, "Table 5")
+    assert t5.header[2] == "top-1 224 ours" and t5.header[8] == "top-1 320 ours"
+    for name, arch, ours in (("ResNeXt-101", "resnext101_64x4d", (20.9, 5.5, 19.3, 4.5)),
+                             ("ResNet-200", "resnet200", (21.6, 5.7, 20.0, 4.9))):
+        paper = model_entry(arch)["paper"]
+        theirs = (paper["top1_err"], paper["top5_err"], paper["top1_err_320"],
+                  paper["top5_err_320"])
+        expected = [name, "64x4d" if name == "ResNeXt-101" else "1x64d"]
+        for o, p in zip(ours, theirs):
+            expected += [f"{o:.2f}", f"{p:.2f}", f"{o - p:+.2f}"]
+        assert next(row for row in t5.rows if row[0] == name) == expected
+    # The fit records still fill Table 4; no validate record reaches Table 3 or 4.
+    t4 = markdown([by_title(tables, "Table 4")])
+    assert "20.90" in t4 and "21.60" in t4 and "19.30" not in t4 and "20.00" not in t4
+    assert not [t for t in tables if t.title.startswith("Table 3")]
+    [other] = by_title(tables, "Other").rows  # a validate record of a non-Table-5 network
+    assert other[0] == "resnext50_32x4d" and other[8] == "21.00" and "validate" in other[12]
+
+
+def test_csv_carries_each_cells_effective_recipe(tmp_path):
+    records = [record("resnext50_32x4d", 22.0), record("resnext50_32x4d", 80.0, max_epochs=2)]
+    write_csv(build_tables(records), tmp_path / "tables.csv")
+    with open(tmp_path / "tables.csv") as f:
+        cells = list(csv.DictReader(f))
+    for key in ("dataset", "recipe", "depth", "cardinality", "bottleneck_width", "form",
+                "epochs", "global_batch", "train_res", "val_res", "val_crop_ratio"):
+        assert key in cells[0]
+    [cell] = [c for c in cells if c["table"].startswith("Table 3") and c["row"] == "50 layers"
+              and c["column"] == "32x4d"]
+    assert {k: cell[k] for k in ("dataset", "recipe", "depth", "cardinality", "bottleneck_width",
+                                 "form", "epochs", "global_batch", "train_res", "val_res",
+                                 "val_crop_ratio", "n", "ours_mean")} == {
+        "dataset": "imagenet", "recipe": "imagenet_paper", "depth": "50", "cardinality": "32",
+        "bottleneck_width": "4", "form": "c", "epochs": "100", "global_batch": "256",
+        "train_res": "224", "val_res": "224", "val_crop_ratio": "0.875", "n": "1",
+        "ours_mean": "22.0"}
+    gap = next(c for c in cells if c["column"] == "2x40d" and c["row"] == "50 layers")
+    assert (gap["depth"], gap["cardinality"], gap["epochs"]) == ("50", "2", "")  # a gap
+    [smoke] = [c for c in cells if c["table"].startswith(APART) and c["column"] == "top-1"]
+    assert (smoke["epochs"], smoke["ours_mean"]) == ("2", "80.0")
+
+
+def test_old_records_without_the_recipe_keys_are_still_placed():
+    planned, counted = old_record("resnext50_32x4d", 22.0, trainer={"max_epochs": 90}), \
+        old_record("resnext50_2x40d", 22.8)
+    s = summarize(planned)
+    assert (s["dataset"], s["stage"], s["epochs"], s["global_batch"], s["val_res"]) == (
+        "imagenet", "fit", 90, None, None)
+    assert summarize(counted)["epochs"] == 3  # no planned epochs: the epochs it recorded
+    t3 = by_title(build_tables([planned, counted]), "Table 3")
+    rows = {row[0]: row[1:] for row in t3.rows}
+    assert rows["50 layers, ours"][4] == "22.00" and rows["50 layers, ours"][1] == "22.80"
+    assert t3.notes[0].startswith("cells (one recipe each): ")  # 3 and 90 epochs
+    assert "form (c), 90 epochs, global batch unrecorded, resolution unrecorded for " \
+        "resnext50_32x4d" in t3.notes[0]
+    # An old record and a new one of the same network are two recipes (None matches only None).
+    tables = build_tables([planned, record("resnext50_32x4d", 22.4)])
+    assert "22.40" in markdown([by_title(tables, "Table 3")])
+    assert "global batch unrecorded (cell: 256)" in " ".join(apart_rows(tables))

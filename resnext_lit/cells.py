@@ -1,0 +1,148 @@
+"""Which runs one table cell may average: those of one *effective recipe*. The paper's tables
+(arXiv:1611.05431, Tables 3-5 and 7) compare networks under one training recipe, so a cell must
+never mix a 2-epoch smoke run, another global batch or another resolution into its seeds.
+
+    runs = [summarize(record) for record in records]          # results.json records
+    cell = choose_cell("resnext50_32x4d", where, runs_of_that_network)
+    cell.runs, describe(cell.setting)                         # the seeds averaged, in words
+    [differences(setting_of(group[0]), cell.setting) for group in cell.apart]
+
+A run belongs to the network it built, (depth, C, d) looked up with `registered_name`, whatever
+`--model.arch` it started from (`resnext50_32x4d` with C=8, d=14 is Table 3's 8x14d). Its
+effective recipe is dataset, recipe, network, form, blurpool, stage, planned epochs, global
+batch, train and val resolution and val crop ratio; a value a record lacks is None, and None
+matches only None. When one (dataset, recipe, network) holds several recipes, the cell is the one with the
+most planned epochs (a smoke run is shorter than the real recipe), then the most finished runs,
+then `fit` over `validate`, then the most runs; the others are kept apart, each naming how it
+differs ("epochs 2 (cell: 100)").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models import model_entry, registered_name
+
+NETWORK = ("dataset", "recipe", "network", "depth", "cardinality", "bottleneck_width")
+# What else must agree for two runs to be seeds of one cell: the effective recipe. name -> label.
+RECIPE = {"form": "form", "blurpool": "blurpool", "stage": "stage", "epochs": "epochs",
+          "global_batch": "global batch", "train_res": "train res",
+          "train_res_final": "final train res", "val_res": "val res", "val_crop_ratio": "val crop"}
+
+
+@dataclass
+class Cell:
+    """The runs one cell averages, their setting (NETWORK + RECIPE keys), the groups kept apart."""
+    name: str
+    runs: list[dict]
+    setting: dict
+    apart: list[list[dict]] = field(default_factory=list)
+
+
+def summarize(record: dict, metric: str = "final") -> dict:
+    """One record (results.json shape) -> the fields the tables need; tolerant of gaps."""
+    model, config = record.get("model") or {}, record.get("config") or {}
+    scale, resolution = record.get("scale") or {}, record.get("resolution") or {}
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    setting = tuple(model.get(k) for k in ("depth", "cardinality", "bottleneck_width"))
+    network = registered_name(*setting) if None not in setting else None
+    history, stage = record.get("epochs") or [], record.get("stage") or "fit"
+    crop = resolution.get("val_crop_ratio")
+    # A validate run evaluates once: its best is its final.
+    result = record.get(metric) or (record.get("final") if stage == "validate" else None) or {}
+    return {"arch": record.get("arch") or (config.get("model") or {}).get("arch"),
+            "network": network, "paper_setting": network is not None,
+            "status": record.get("status", "unknown"),
+            "dataset": record.get("dataset") or _guess_dataset(model, config),
+            "recipe": record.get("recipe"), "seed": record.get("seed"), "stage": stage,
+            "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
+            "form": model.get("form"), "blurpool": bool(model.get("blurpool")),
+            "epochs": record.get("max_epochs") or trainer.get("max_epochs") or len(history),
+            "global_batch": scale.get("global_batch"), "train_res": resolution.get("train"),
+            "train_res_final": resolution.get("train_final"), "val_res": resolution.get("val"),
+            # Rounded: 224/256 computed two ways must still be one recipe.
+            "val_crop_ratio": None if crop is None else round(crop, 4),
+            "params": model.get("params"), "macs": model.get("macs"),
+            "top1": result.get("val/top1_err"), "top5": result.get("val/top5_err"),
+            "history": history, "images_per_s": record.get("images_per_s"),
+            "paper": model_entry(network)["paper"] if network else {}}
+
+
+def _guess_dataset(model: dict, config: dict) -> str | None:
+    """The data of a record that predates its `dataset` key, from the DataModule and classes."""
+    data = config.get("data") or {}
+    data_class = str(data.get("class_path", "") if isinstance(data, dict) else "").lower()
+    if "cifar" in data_class:
+        return f"cifar{model.get('num_classes')}"
+    if model.get("num_classes") == 1000 and model.get("stem") == "imagenet":
+        return "imagenet"
+    return data_class.rsplit(".", 1)[-1].removesuffix("datamodule") or None
+
+
+def choose_cell(name: str, where: dict, runs: list[dict]) -> Cell:
+    """The cell of `runs`, all of one (dataset, recipe, network) (`where` holds those keys):
+    its runs are those of the top-ranked effective recipe (module docstring), and each other
+    recipe's runs are one group in `apart`. No runs: a gap whose recipe is all None."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in RECIPE), []).append(r)
+    if not groups:
+        return Cell(name, [], {**where, **dict.fromkeys(RECIPE)})
+    # sorted() is stable, so equal ranks keep the records' order: a pure function of them.
+    (key, cell), *apart = sorted(groups.items(), key=lambda kv: _rank(kv[1]), reverse=True)
+    return Cell(name, cell, {**where, **dict(zip(RECIPE, key))}, [g for _, g in apart])
+
+
+def _rank(group: list[dict]) -> tuple:
+    return (group[0]["epochs"] or 0, sum(r["status"] == "finished" for r in group),
+            group[0]["stage"] == "fit", len(group))
+
+
+def picker(by: dict[tuple, list[dict]], recipe: str, placed: set[int]):
+    """(pick, picked): `pick(network, dataset)` is that network's `Cell` under `recipe`, for a
+    table builder; `picked` lists the cells it made. `by` maps (dataset, recipe, network) to
+    summarized runs. A pick takes `fit` runs at any val resolution unless `stages` and `val_res`
+    say otherwise (Table 5), and adds every run it considered to `placed`."""
+    picked: list[Cell] = []
+
+    def pick(network: str, dataset: str, stages=("fit",), val_res: int | None = None) -> Cell:
+        found = [r for r in by.get((dataset, recipe, network), [])
+                 if r["stage"] in stages and val_res in (None, r["val_res"])]
+        placed.update(id(r) for r in found)
+        entry = model_entry(network)
+        where = {"dataset": dataset, "recipe": recipe, "network": network,
+                 **{k: entry[k] for k in ("depth", "cardinality", "bottleneck_width")}}
+        name = network + ("" if dataset == "imagenet" else f" on {dataset}") + (
+            f" at {val_res} px" if val_res else "")
+        picked.append(choose_cell(name, where, found))
+        return picked[-1]
+    return pick, picked
+
+
+def _show(value) -> str:
+    if value is None:
+        return "unrecorded"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe(s: dict) -> str:
+    """A setting's recipe in words: 'form (c), 100 epochs, global batch 256, 224 px train /
+    224 px val (crop 0.875)'."""
+    train = _show(s["train_res"]) + ("" if s["train_res_final"] in (None, s["train_res"])
+                                     else f"->{s['train_res_final']}")
+    res = "resolution unrecorded" if {s["train_res"], s["val_res"]} == {None} else (
+        f"{train} px train / {_show(s['val_res'])} px val (crop {_show(s['val_crop_ratio'])})")
+    text = f"form ({_show(s['form'])}), {_show(s['epochs'])} epochs, " \
+           f"global batch {_show(s['global_batch'])}, {res}"
+    text += ", blurpool" if s.get("blurpool") else ""
+    return text + (", evaluated by `validate`" if s["stage"] == "validate" else "")
+
+
+def differences(s: dict, cell: dict) -> str:
+    """How a setting differs from its cell's: 'epochs 2 (cell: 100); global batch 512 (...)'."""
+    return "; ".join(f"{label} {_show(s[k])} (cell: {_show(cell[k])})"
+                     for k, label in RECIPE.items() if s[k] != cell[k])
+
+
+def setting_of(r: dict) -> dict:
+    """A summarized run's NETWORK and RECIPE keys: what its cell (or its own row) is."""
+    return {k: r[k] for k in (*NETWORK, *RECIPE)}
