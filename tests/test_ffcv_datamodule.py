@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from resnext_lit.data import CROP_RATIO
 from resnext_lit.data.beton import write_beton
 from resnext_lit.data.ffcv import FFCVDataModule, ProgressiveResizing
 from resnext_lit.data.folder import ImageFolderDataModule
@@ -129,6 +130,12 @@ def test_bad_betons_and_arguments_fail_in_one_line(beton_varied_written, tmp_pat
     with pytest.raises(ValueError, match="one process only"):
         quasi.setup("fit")  # FFCV's QUASI_RANDOM has no distributed mode
 
+    for ratio in (0, 1.5, -1):  # refused before any file is read: these paths do not exist
+        for datamodule in (FFCVDataModule, ImageFolderDataModule):
+            with pytest.raises(ValueError) as err:
+                datamodule(tmp_path / "none", tmp_path / "none", val_crop_ratio=ratio)
+            assert str(err.value) == f"data.val_crop_ratio must be in (0, 1], got {ratio}"
+
     renamed = _copy(good, tmp_path / "g")
     info = json.loads(sidecar_path(renamed).read_text())
     sidecar_path(renamed).write_text(json.dumps({**info, "classes": ["x", "y", "z"]}))
@@ -227,26 +234,65 @@ def test_class_count_mismatch_with_the_model_fails_before_training(beton_varied_
         _trainer(1).fit(model, FFCVDataModule(beton, beton, **TINY))
 
 
+def _radial_images(count: int, height: int, width: int, rng) -> np.ndarray:
+    """uint8 [count, H, W, 3]: red rises from 0 at the center to 255 at half the shorter side
+    (so each crop ratio gives another picture); green and blue are a per-image flat colour."""
+    rows, cols = np.mgrid[:height, :width]
+    radius = np.hypot(rows - (height - 1) / 2, cols - (width - 1) / 2) / (min(height, width) / 2)
+    images = np.empty((count, height, width, 3), dtype=np.uint8)
+    images[..., 0] = np.round(255 * np.minimum(radius, 1))
+    images[..., 1:] = rng.integers(0, 256, (count, 1, 1, 2), dtype=np.uint8)
+    return images
+
+
+def _resize_then_crop(path: str, val_res: int, ratio: float) -> torch.Tensor:
+    """The papers' wording of the val crop, computed with PIL: resize the shorter side to
+    val_res / ratio (256 for 224 at 224/256; 320 for 320 at 1.0), keep the val_res center."""
+    from PIL import Image
+    from torchvision.transforms import functional
+
+    image = functional.resize(Image.open(path).convert("RGB"), round(val_res / ratio))
+    return functional.pil_to_tensor(functional.center_crop(image, val_res))
+
+
+def val_split(dm) -> tuple[torch.Tensor, list[int]]:
+    """The whole val split as uint8 [N, 3, H, W] (copied: FFCV reuses its buffers) and labels."""
+    batches = [(images.clone(), labels.tolist()) for images, labels in dm.val_dataloader()]
+    return torch.cat([images for images, _ in batches]), sum([labels for _, labels in batches], [])
+
+
 def test_imagefolder_datamodule_matches_ffcv(tmp_path):
+    """Both DataModules crop the center square of side ratio x the shorter side, resized to
+    val_res, at the default 224/256 and at Table 5's 1.0; each matches the resize-then-crop the
+    papers describe (computed with PIL) at its own ratio, and not at the other."""
+    # 64 x 96 images at val_res 28: 28 / (224/256) = 32 = 64 / 2, so crop-then-resize and
+    # resize-then-crop cut the same pixels at both ratios and differ only by resampling.
+    val_res = 28
     rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (40, 3), dtype=np.uint8)
-    images = np.broadcast_to(colours[:, None, None, :], (40, 36, 52, 3)).copy()
+    images = _radial_images(40, 64, 96, rng)
     labels = np.arange(40) % 4
     root = export_imagefolder(images, labels, ["c0", "c1", "c2", "c3"], tmp_path / "folder")
     beton = tmp_path / "val.beton"
     write_beton(root, beton, workers=2, progress=False)
+    paths = sorted(root.glob("*/*.jpg"))  # ImageFolder order: class, then file name
+    ratios = (CROP_RATIO, 1.0)
+    reference = {r: torch.stack([_resize_then_crop(p, val_res, r) for p in paths]) for r in ratios}
 
-    folder = ImageFolderDataModule(root, root, **TINY)
-    ffcv = FFCVDataModule(beton, beton, **TINY)
-    assert (folder.num_classes, folder.image_size) == (ffcv.num_classes, ffcv.image_size) == (4, 48)
-    folder.setup("fit")
-    folder_means, folder_labels = collect(folder.val_dataloader())
-    ffcv_means, ffcv_labels = collect(ffcv.val_dataloader())
-    assert folder_labels.tolist() == ffcv_labels.tolist() == sorted(labels.tolist())
-    assert (folder_means - ffcv_means).abs().max() < COLOUR_TOLERANCE
+    for ratio in ratios:
+        args = {**TINY, "val_res": val_res, "val_crop_ratio": ratio}
+        folder = ImageFolderDataModule(root, root, **args)
+        folder.setup("fit")
+        for name, dm in (("folder", folder), ("ffcv", FFCVDataModule(beton, beton, **args))):
+            assert (dm.num_classes, dm.image_size, dm.val_image_size) == (4, 48, val_res)
+            assert dm.val_crop_ratio == ratio
+            got, got_labels = val_split(dm)
+            assert got_labels == sorted(labels.tolist()), name
+            for other in ratios:  # each image's colour also proves the order
+                error = (got.int() - reference[other]).abs().max().item()
+                assert (error <= COLOUR_TOLERANCE) == (other == ratio), (name, ratio, other, error)
+
     batch, _ = next(iter(folder.train_dataloader()))
     assert batch.dtype == torch.uint8 and tuple(batch.shape) == (32, 3, 48, 48)
-    assert tuple(next(iter(folder.val_dataloader()))[0].shape) == (32, 3, 40, 40)
 
 
 def test_imagefolder_datamodule_names_a_broken_file(beton_varied_folder):
@@ -260,19 +306,23 @@ def test_imagefolder_datamodule_names_a_broken_file(beton_varied_folder):
 
 
 def test_data_configs_build_the_datamodules(beton_varied_written):
-    """configs/data/*.yaml parse against the DataModules' signatures, as LightningCLI reads them."""
+    """configs/data/*.yaml parse against the DataModules' signatures, as LightningCLI reads them,
+    alone (the paper's 224 from 256) and with Table 5's 320 px fragment after them."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    configs = Path(__file__).resolve().parents[1] / "configs" / "data"
+    configs = Path(__file__).resolve().parents[1] / "configs"
     beton, root = str(beton_varied_written["beton"]), str(beton_varied_written["root"])
     overrides = {"imagenet_ffcv.yaml": ["--data.train_path", beton, "--data.val_path", beton],
                  "imagenet_folder.yaml": ["--data.train_dir", root, "--data.val_dir", root,
                                           "--data.val_labels", "null"]}
+    table5 = ["--config", str(configs / "eval" / "table5_320.yaml")]
     for name, args in overrides.items():
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_argument("--config", action=ActionConfigFile)
-        parser.add_subclass_arguments(L.LightningDataModule, "data")
-        config = parser.parse_args(["--config", str(configs / name), *args,
-                                    "--data.num_workers", "1"])
-        dm = parser.instantiate(config).data
-        assert (dm.num_classes, dm.image_size, dm.batch_size) == (3, 224, 32), name
+        for extra, val in (([], (224, CROP_RATIO)), (table5, (320, 1.0))):
+            parser = ArgumentParser(exit_on_error=False)
+            parser.add_argument("--config", action=ActionConfigFile)
+            parser.add_subclass_arguments(L.LightningDataModule, "data")
+            config = parser.parse_args(["--config", str(configs / "data" / name), *extra, *args,
+                                        "--data.num_workers", "1"])
+            dm = parser.instantiate(config).data
+            assert (dm.num_classes, dm.image_size) == (3, 224), name
+            assert (dm.val_image_size, dm.val_crop_ratio) == val, (name, extra)

@@ -5,7 +5,7 @@
 Normalisation (the DataModule's `mean` / `std`, on the 0-255 scale) and the float cast happen
 on the device, in `ResNeXtModule.on_after_batch_transfer`, so loaders move raw bytes only.
 Each DataModule exposes `num_classes`, `mean` and `std` (linked into the model by the CLI) and
-`image_size`.
+`image_size`; the ImageNet ones also `val_image_size` and `val_crop_ratio`.
 """
 
 import torch
@@ -17,7 +17,8 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # CIFAR channel statistics, as fb.resnet.torch (the paper's code base) normalises them.
 CIFAR10_MEAN, CIFAR10_STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 CIFAR100_MEAN, CIFAR100_STD = (129.3, 124.1, 112.4), (68.2, 65.4, 70.4)
-# Validation crops a 224 center from the image resized to 256 (paper Sec. 4; fb.resnet.torch).
+# Validation crops a 224 center from the image resized to 256 (paper Sec. 4; fb.resnet.torch,
+# and ffcv-imagenet's DEFAULT_CROP_RATIO): the default `val_crop_ratio` of the ImageNet modules.
 CROP_RATIO = 224 / 256
 # The Inception crop the paper trains with (Sec. 4, after Szegedy et al. 2015); also FFCV's.
 INCEPTION_SCALE = (0.08, 1.0)  # share of the image area

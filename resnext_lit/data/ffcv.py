@@ -8,9 +8,10 @@
 
 Train: FFCV's RandomResizedCropRGBImageDecoder (Inception crop: 8%-100% of the area, aspect
 3/4-4/3, as the paper's Sec. 4 via Szegedy et al.) at `res`, then a random horizontal flip. Val:
-the center crop of side 224/256 of the shorter side (`CROP_RATIO`) resized to `val_res`. Both
-hand out uint8 [N, 3, H, W] (a channels-last view) and int64 [N]; the LightningModule
-normalises on the device. `batch_size` is per process (per GPU).
+the center square of side `val_crop_ratio` x the shorter side, resized to `val_res` (default
+224/256 = `CROP_RATIO`: the paper's 224 crop of the image resized to 256; Table 5's 320 px test
+is configs/eval/table5_320.yaml). Both hand out uint8 [N, 3, H, W] (a channels-last view) and
+int64 [N]; the LightningModule normalises on the device. `batch_size` is per process (per GPU).
 
 Under DDP, training is sharded by FFCV's `distributed=True` (the DistributedSampler order: ranks
 disjoint, reshuffled every epoch from `seed`); validation gives each rank a contiguous unpadded
@@ -113,7 +114,12 @@ class FFCVDataModule(LightningDataModule):
         train_path, val_path: the .beton files; each needs its `.json` sidecar next to it.
         batch_size: images per process per step; val_batch_size defaults to it.
         res: train resolution (`image_size`); `ProgressiveResizing` overrides it per epoch.
-        val_res: validation resolution of the 224/256 center crop.
+        val_res: validation resolution (`val_image_size`): the center crop is resized to it.
+        val_crop_ratio: side of the val center square / the image's shorter side, in (0, 1].
+            224/256 (`CROP_RATIO`: fb.resnet.torch's Scale(256) + CenterCrop(224), ffcv-imagenet's
+            DEFAULT_CROP_RATIO) is the 224 center crop of the image resized to 256 on its
+            shorter side; 1.0 keeps the whole center square (our reading of the 320 px test of
+            He et al. 2016, arXiv:1603.05027, that the paper's Table 5 follows).
         crop_scale: area range of the random crop (paper: 0.08-1).
         flip: random horizontal flip in training.
         num_workers: FFCV decoding threads per process, capped at the usable cores.
@@ -128,7 +134,8 @@ class FFCVDataModule(LightningDataModule):
 
     def __init__(self, train_path: str, val_path: str, batch_size: PositiveInt = 256,
                  val_batch_size: PositiveInt | None = None, res: PositiveInt = 224,
-                 val_res: PositiveInt = 224, crop_scale: tuple[float, float] = INCEPTION_SCALE,
+                 val_res: PositiveInt = 224, val_crop_ratio: float = CROP_RATIO,
+                 crop_scale: tuple[float, float] = INCEPTION_SCALE,
                  flip: bool = True, num_workers: PositiveInt = 8,
                  order: Literal["random", "quasi_random"] = "random", os_cache: bool = True,
                  batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0):
@@ -143,6 +150,8 @@ class FFCVDataModule(LightningDataModule):
                              f"two batches at a time), got {batches_ahead}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        if not 0 < val_crop_ratio <= 1:
+            raise ValueError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
         if order not in ORDERS:
             raise ValueError(f"data.order must be one of {', '.join(ORDERS)}, got {order!r}")
         if order == "quasi_random" and os_cache:
@@ -158,6 +167,8 @@ class FFCVDataModule(LightningDataModule):
         self.classes: list[str] = train_info["classes"]
         self.num_train, self.num_val = train_info["num_records"], val_info["num_records"]
         self.image_size: int = res
+        self.val_image_size: int = val_res
+        self.val_crop_ratio: float = val_crop_ratio
         self.batch_size: int = batch_size
         self.val_batch_size: int = val_batch_size or batch_size
         # FFCV hands num_workers to numba, which refuses more threads than it was started with.
@@ -202,8 +213,8 @@ class FFCVDataModule(LightningDataModule):
         hp = self.hparams
         rank, world = rank_and_world(self.trainer)
         share = rank_slice(self.num_val, rank, world)
-        image_ops = [CenterCropRGBImageDecoder((hp.val_res, hp.val_res), ratio=CROP_RATIO),
-                     ToTensor(), ToTorchImage()]
+        crop = CenterCropRGBImageDecoder((hp.val_res, hp.val_res), ratio=hp.val_crop_ratio)
+        image_ops = [crop, ToTensor(), ToTorchImage()]
         # distributed=False plus this rank's indices: FFCV's distributed mode pads with duplicates.
         return _LightningLoader(hp.val_path, batch_size=self.val_batch_size,
                                 order=OrderOption.SEQUENTIAL, drop_last=False,

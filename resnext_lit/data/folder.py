@@ -9,11 +9,12 @@ FFCV path is benchmarked against.
                                val_labels="~/imagenet/LOC_val_solution.csv")
 
 Train: RandomResizedCrop (area 8%-100%, aspect 3/4-4/3) at `res` + horizontal flip. Val: the
-center square of side 224/256 of the shorter side, resized to `val_res` (FFCV's center crop,
-same geometry). Batches: uint8 [N, 3, H, W] and int64 [N]. Class indices are the train folder's
-sorted names; val may be an ImageFolder tree or ImageNet's flat layout (`val_labels`). Files are
-decoded by `images.load_rgb`, as the writer does; unlike the writer, a broken file stops the
-run (screening 1.28M files at every start would cost minutes), naming the file.
+center square of side `val_crop_ratio` (default 224/256) x the shorter side, resized to
+`val_res` (FFCV's center crop, same geometry). Batches: uint8 [N, 3, H, W] and int64 [N]. Class
+indices are the train folder's sorted names; val may be an ImageFolder tree or ImageNet's flat
+layout (`val_labels`). Files are decoded by `images.load_rgb`, as the writer does; unlike the
+writer, a broken file stops the run (screening 1.28M files at every start would cost minutes),
+naming the file.
 Under DDP the val split is sharded exactly (`shards.ExactShardSampler`), like the FFCV module.
 """
 
@@ -53,8 +54,8 @@ def train_transform(res: int, scale=INCEPTION_SCALE, flip: bool = True) -> v2.Co
     return v2.Compose(ops + ([v2.RandomHorizontalFlip()] if flip else []))
 
 
-def val_transform(val_res: int) -> v2.Compose:
-    return v2.Compose([CenterCropRatio(CROP_RATIO), v2.Resize((val_res, val_res), antialias=True)])
+def val_transform(val_res: int, ratio: float = CROP_RATIO) -> v2.Compose:
+    return v2.Compose([CenterCropRatio(ratio), v2.Resize((val_res, val_res), antialias=True)])
 
 
 class ImageFiles(Dataset):
@@ -85,7 +86,8 @@ class ImageFolderDataModule(LightningDataModule):
             val folder when `val_labels` is given.
         val_labels, synsets: ImageNet ground truth (see `resnext_lit.data.imagenet_val`).
         batch_size: images per process per step; val_batch_size defaults to it.
-        res, val_res, crop_scale, flip: as `FFCVDataModule`.
+        res, val_res, val_crop_ratio, crop_scale, flip: as `FFCVDataModule` (val_crop_ratio:
+            the val center square's side / the shorter side; 224/256 = 224 from 256).
         num_workers: DataLoader worker processes, capped at the usable cores.
     """
 
@@ -94,8 +96,9 @@ class ImageFolderDataModule(LightningDataModule):
     def __init__(self, train_dir: str, val_dir: str, val_labels: str | None = None,
                  synsets: str | None = None, batch_size: PositiveInt = 256,
                  val_batch_size: PositiveInt | None = None, res: PositiveInt = 224,
-                 val_res: PositiveInt = 224, crop_scale: tuple[float, float] = INCEPTION_SCALE,
-                 flip: bool = True, num_workers: NonNegativeInt = 8):
+                 val_res: PositiveInt = 224, val_crop_ratio: float = CROP_RATIO,
+                 crop_scale: tuple[float, float] = INCEPTION_SCALE, flip: bool = True,
+                 num_workers: NonNegativeInt = 8):
         super().__init__()
         for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
                             ("val_batch_size", val_batch_size or 1)):
@@ -103,6 +106,8 @@ class ImageFolderDataModule(LightningDataModule):
                 raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        if not 0 < val_crop_ratio <= 1:
+            raise ValueError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
         self.save_hyperparameters()
         self.classes: list[str] = list_classes(train_dir)  # a directory listing: cheap
         if val_labels is None:
@@ -111,6 +116,8 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"validation folder {val_dir} does not exist or is not a folder")
         self.num_classes: int = len(self.classes)
         self.image_size: int = res
+        self.val_image_size: int = val_res
+        self.val_crop_ratio: float = val_crop_ratio
         self.batch_size: int = batch_size
         self.val_batch_size: int = val_batch_size or batch_size
         self.num_workers = clip_workers(num_workers)
@@ -125,7 +132,7 @@ class ImageFolderDataModule(LightningDataModule):
         else:
             labels = read_val_labels(hp.val_labels, hp.synsets)
             val, _ = flat_val_samples(hp.val_dir, labels, self.classes)
-        self.val_set = ImageFiles(val, val_transform(hp.val_res))
+        self.val_set = ImageFiles(val, val_transform(hp.val_res, hp.val_crop_ratio))
 
     def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(dataset, batch_size, num_workers=self.num_workers,
