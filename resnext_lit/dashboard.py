@@ -4,7 +4,8 @@
     python -m resnext_lit dashboard --entity my-team --project resnext-lit --dry-run  # no server
 
 Builds, with `wandb-workspaces` (W&B's report API), a report of the runs of one project (or one
-sweep of it): validation and training top-1 error per epoch grouped by arch (mean and std over
+sweep of it): validation and training top-1 error per epoch grouped by setting (`GROUP_BY`:
+dataset, recipe and network, as `resnext_lit.tracking` groups runs; mean and std over
 seeds, the paper's Fig. 5 view), final error vs parameters and vs MACs (Fig. 7's view), C and d
 against the error (parallel coordinates), and the runs table with the columns the paper's
 tables use. Saving needs a W&B server and credentials; `--dry-run` builds the report and prints
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 
 METRICS = ("val/top1_err", "val/top5_err", "train/top1_err")
-TABLE_COLUMNS = ("config:arch.value", "config:recipe.value", "config:depth.value",
-                 "config:cardinality.value", "config:bottleneck_width.value",
+# One group per setting: Table 7's CIFAR-10 and CIFAR-100 runs of one network never average.
+GROUP_BY = ("dataset", "recipe", "network")
+TABLE_COLUMNS = ("config:network.value", "config:dataset.value", "config:recipe.value",
+                 "config:arch.value", "config:depth.value", "config:cardinality.value", "config:bottleneck_width.value",
                  "config:form.value", "config:params.value", "config:macs.value",
                  "config:seed_everything.value", "summary:val/top1_err",
                  "summary:val/top5_err", "run:state")
@@ -32,7 +35,8 @@ def build_report(entity: str, project: str, sweep: str | None = None,
     scope = f"sweep {sweep}" if sweep else f"project {project}"
     runset = wr.Runset(entity=entity, project=project, name=scope,
                        filters=f"Metric('Sweep') = '{sweep}'" if sweep else "",
-                       groupby=["config.arch"], pinned_columns=list(TABLE_COLUMNS))
+                       groupby=[f"config.{key}" for key in GROUP_BY],
+                       pinned_columns=list(TABLE_COLUMNS))
 
     def curves(metric: str, title: str):
         return wr.LinePlot(title=title, x="epoch", y=[metric], title_x="epoch",
@@ -40,7 +44,7 @@ def build_report(entity: str, project: str, sweep: str | None = None,
                            groupby_aggfunc="mean", groupby_rangefunc="stddev")
 
     grid = [
-        wr.H2("Error per epoch, grouped by arch (paper Fig. 5)"),
+        wr.H2("Error per epoch, grouped by dataset, recipe and network (paper Fig. 5)"),
         wr.P("Mean over seeds, shaded: one standard deviation. Solid lines in the paper are "
              "validation error, dashed are training error."),
         wr.PanelGrid(runsets=[runset], panels=[
@@ -59,7 +63,8 @@ def build_report(entity: str, project: str, sweep: str | None = None,
                 wr.ParallelCoordinatesPlotColumn(metric=wr.Config("params")),
                 wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("val/top1_err"))])]),
         wr.H2("Runs"),
-        wr.P("One row per run; the runs table of this grid lists arch, C, d, params, MACs, "
+        wr.P("One row per run; the runs table of this grid lists network, dataset, recipe, C, d, "
+             "params, MACs, "
              "seed and the final errors. `python -m resnext_lit table --sweep "
              f"{entity}/{project}/{sweep or '<sweep id>'} --out tables` prints the paper's "
              "tables with our numbers next to its."),

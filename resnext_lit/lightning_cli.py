@@ -14,8 +14,10 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 from jsonargparse import ArgumentError
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -37,6 +39,15 @@ class ResNeXtCLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": "resnext_lit.data.digits.DigitsDataModule"}})
         for linked in ("num_classes", "mean", "std"):  # the data decides; never typed twice
             parser.link_arguments(f"data.{linked}", f"model.{linked}", apply_on="instantiate")
+        # The recipe's unit is the global batch: images per device follow from the world size
+        # (`resnext_lit.scale`), so no recipe changes with the number of GPUs.
+        parser.add_argument("--global_batch_size", type=Optional[PositiveInt], default=None,
+                            help="images per optimiser step over all devices (the paper's "
+                                 "batch); sets data.batch_size = global / (devices x nodes x "
+                                 "accumulate_grad_batches)")
+        parser.add_argument("--paper_batch_per_device", type=Optional[PositiveInt], default=None,
+                            help="the paper's per-GPU batch (its BatchNorm batch), to say when "
+                                 "ours differs")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -87,6 +98,7 @@ class ResNeXtCLI(LightningCLI):
         config = self.run_config
         if config.trainer.get("enable_progress_bar") is not False:
             self.trainer_defaults["callbacks"].append(LogStepProgressBar(leave=True))
+        _bf16_where_supported(config.trainer)
         if (self.subcommand == "fit" and config.trainer.get("benchmark") is None
                 and not config.trainer.get("deterministic")):
             # cuDNN picks the fastest kernel per shape (grouped convs have several); the first
@@ -100,6 +112,32 @@ class ResNeXtCLI(LightningCLI):
             _continue_latest_version(config)
 
     def before_fit(self) -> None:
+        from .scale import describe, run_scale
+
+        self._apply_global_batch()
+        config, trainer = self.run_config, self.trainer
+        if trainer.is_global_zero:
+            print(describe(run_scale(trainer, self.datamodule, self.model.hparams.lr),
+                           str(trainer.precision), config.get("global_batch_size"),
+                           config.get("paper_batch_per_device")), file=sys.stderr)
+        self._describe_run()
+
+    def before_validate(self) -> None:
+        # A validate run (e.g. Table 5's 320 px test) has a record too, whose `scale` is the
+        # recipe's (validation itself uses the DataModule's val batch).
+        self._apply_global_batch()
+        self._describe_run()
+
+    def _apply_global_batch(self) -> None:
+        from .scale import apply_global_batch
+
+        config = self.run_config
+        apply_global_batch(self.datamodule, config.get("global_batch_size"),
+                           self.trainer.world_size, self.trainer.accumulate_grad_batches)
+        if "batch_size" in (config.data.get("init_args") or {}):  # the record shows what ran
+            config.data.init_args.batch_size = self.datamodule.batch_size
+
+    def _describe_run(self) -> None:
         from .results import ResultsWriter
         from .tracking import describe_run
 
@@ -110,8 +148,9 @@ class ResNeXtCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, ResultsWriter):
                 callback.config, callback.recipe = plain, recipe
-        # W&B fixes a run's group when it starts, so name it before fit starts the run.
-        describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain)
+        # W&B fixes a run's group when it starts, so name it before the run starts.
+        describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain,
+                     stage=self.subcommand)
 
 
 class LogStepProgressBar(RichProgressBar):
@@ -139,6 +178,19 @@ class LogStepProgressBar(RichProgressBar):
         # metrics on every rank: the rank-0-only all-reduce met the other ranks' epoch-end
         # collectives and DDP hung at the first epoch end. The bar picks them up after it.
         self.refresh()
+
+
+def _bf16_where_supported(trainer_config) -> None:
+    """bf16 autocast needs an Ampere or newer GPU: on an older one (V100) use float16 autocast,
+    which Lightning pairs with a gradient scaler, and say so."""
+    import torch
+
+    precision = str(trainer_config.get("precision"))
+    if (precision == "bf16-mixed" and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        print(f"precision: {torch.cuda.get_device_name()} has no bf16: using 16-mixed "
+              "(float16 autocast + gradient scaling)", file=sys.stderr)
+        trainer_config.precision = "16-mixed"
 
 
 @contextmanager

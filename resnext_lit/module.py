@@ -23,10 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .models import create_model
 from .reliability import NonFiniteGuard
+from .scale import run_scale
 from .schedules import check_schedule, lr_factor
-
-REFERENCE_BATCH = 256  # the paper's lr 0.1 is for 256 images per step (Sec. 4, Goyal et al.)
-
 
 class ResNeXtModule(LightningModule):
     """Train and evaluate one registered network.
@@ -36,7 +34,11 @@ class ResNeXtModule(LightningModule):
         num_classes: linked from the DataModule by the CLI; never typed twice.
         depth, form, cardinality, bottleneck_width, zero_init_residual: overrides of the arch's
             registry entry (`resnext_lit.models.create_model`).
-        lr: learning rate per 256 images; the optimiser uses lr * global_batch / 256.
+        blurpool: blur before every strided conv with >= 16 input channels (ffcv-imagenet's
+            fast recipe, Zhang 2019; `resnext_lit.models.resnext.BlurConv2d`); off in the
+            paper's recipes.
+        lr: learning rate per 256 images; the optimiser uses lr * global_batch / 256, so the
+            paper's lr is the paper's lr on any number of GPUs (`resnext_lit.scale`).
         momentum, nesterov, weight_decay: SGD (paper: 0.9, 1e-4; official code: Nesterov).
         no_bn_weight_decay: exempt BN and bias parameters (1-d tensors) from weight decay.
         schedule, milestones, gamma, warmup_epochs, peak_epoch: see `resnext_lit.schedules`.
@@ -54,6 +56,7 @@ class ResNeXtModule(LightningModule):
                  depth: int | None = None, form: Literal["a", "b", "c"] | None = None,
                  cardinality: int | None = None,
                  bottleneck_width: int | None = None, zero_init_residual: bool = False,
+                 blurpool: bool = False,
                  lr: PositiveFloat = 0.1, momentum: NonNegativeFloat = 0.9,
                  nesterov: bool = False, weight_decay: NonNegativeFloat = 1e-4,
                  no_bn_weight_decay: bool = False,
@@ -69,7 +72,7 @@ class ResNeXtModule(LightningModule):
         self.save_hyperparameters()
         self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
                                   cardinality=cardinality, bottleneck_width=bottleneck_width,
-                                  zero_init_residual=zero_init_residual)
+                                  zero_init_residual=zero_init_residual, blurpool=blurpool)
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
         self.ema = None
@@ -200,11 +203,11 @@ class ResNeXtModule(LightningModule):
             check_schedule(hp.schedule, self.trainer.max_epochs, hp.milestones,
                            hp.warmup_epochs, hp.peak_epoch)
 
-    def global_batch_size(self) -> int:
-        per_device = getattr(self.trainer.datamodule, "batch_size", None)
-        if per_device is None:
+    def scale(self) -> dict:
+        """World size, per-device and global batch, and the lr after scaling (`resnext_lit.scale`)."""
+        if getattr(self.trainer.datamodule, "batch_size", None) is None:
             raise ValueError("the DataModule must expose `batch_size` (images per device)")
-        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return run_scale(self.trainer, self.trainer.datamodule, self.hparams.lr)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -213,7 +216,7 @@ class ResNeXtModule(LightningModule):
             (no_decay if hp.no_bn_weight_decay and p.ndim <= 1 else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        lr = hp.lr * self.global_batch_size() / REFERENCE_BATCH
+        lr = self.scale()["lr"]  # the recipe's lr per 256 images x global batch / 256
         optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr,
                                     momentum=hp.momentum, nesterov=hp.nesterov)
         # Sized from the real per-rank loader after setup (`estimated_stepping_batches` loads

@@ -3,10 +3,13 @@
     python -m resnext_lit fit --config configs/demo.yaml   # -> runs/demo/version_0/results.json
 
 It holds what a table of the paper needs (arch, C, d, params, MACs, per-epoch errors, best and
-final `val/top1_err`) and what makes a figure trustworthy (resolved config, wall time, img/s,
-hardware, library versions). It is rewritten atomically after every epoch, so a crashed or
-preempted run still leaves a valid record with its `status`. `python -m resnext_lit table`
-reads these files.
+final `val/top1_err`), what makes two runs comparable (dataset, planned epochs, the `scale`
+block: world size, per-device and global batch, accumulation and the lr after scaling; the
+train and val `resolution` and val crop ratio) and what makes a figure trustworthy (resolved
+config, wall time, img/s, hardware, library versions). It is rewritten atomically after every
+epoch, so a crashed or preempted run still leaves a valid record with its `status`. A `validate`
+run (e.g. Table 5's 320 px test of a checkpoint) writes a record too, with `"stage": "validate"`.
+`python -m resnext_lit table` reads these files.
 """
 
 from __future__ import annotations
@@ -24,10 +27,41 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import write_json_atomic
 from .models import ResNeXt, complexity
+from .scale import run_scale
 
 METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
            "train/images_per_s", "val/images_per_s")
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
+
+
+def dataset_name(datamodule, num_classes: int) -> str | None:
+    """What a table calls the data: "cifar10"/"cifar100", "imagenet" (1000 classes from betons or
+    folders), else the DataModule's name ("digits"); a DataModule may say with `dataset`."""
+    if datamodule is None:
+        return None
+    if getattr(datamodule, "dataset", None):
+        return datamodule.dataset
+    kind = type(datamodule).__name__.lower().removesuffix("datamodule")
+    if kind == "cifar":
+        return f"cifar{num_classes}"
+    if kind in ("ffcv", "imagefolder") and num_classes == 1000:
+        return "imagenet"
+    return kind
+
+
+def resolution(datamodule, trainer) -> dict:
+    """Train (first and last epoch: progressive resizing grows it) and val px, val crop ratio."""
+    train = getattr(datamodule, "image_size", None)
+    schedule, epochs = getattr(datamodule, "res_schedule", None), trainer.max_epochs
+    if hasattr(datamodule, "res_schedule") and schedule is None:  # FFCV, before fit's setup
+        from .data.ffcv import ProgressiveResizing
+
+        schedule = next((c.schedule(epochs) for c in trainer.callbacks
+                         if isinstance(c, ProgressiveResizing)), None)
+    first, last = (schedule(0), schedule(epochs - 1)) if schedule and epochs else (train, train)
+    return {"train": first, "train_final": last,
+            "val": getattr(datamodule, "val_image_size", train),
+            "val_crop_ratio": getattr(datamodule, "val_crop_ratio", None)}
 
 
 def environment() -> tuple[dict, dict]:
@@ -44,7 +78,7 @@ def environment() -> tuple[dict, dict]:
 
 
 class ResultsWriter(Checkpoint):
-    """Writes `results.json` after every epoch (rank 0 only).
+    """Writes `results.json` after every epoch of `fit`, and once after `validate` (rank 0 only).
 
     A `Checkpoint` subclass so that Lightning calls it after the LightningModule's own
     epoch-end hooks, like ModelCheckpoint, when every epoch metric has been logged.
@@ -81,22 +115,49 @@ class ResultsWriter(Checkpoint):
         self._path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         if not trainer.is_global_zero:
             return
+        restored = self._history(trainer)
+        self.record = self._new_record(trainer, pl_module, "fit")
+        self.record.update(epochs=list(restored.get("epochs", [])),
+                           wall_time_s=restored.get("wall_time_s", 0.0))
+        self._start = time.perf_counter() - self.record["wall_time_s"]
+        self._write(trainer)
+
+    def _new_record(self, trainer, pl_module, stage: str) -> dict:
         with torch.device("meta"):
             meta = ResNeXt(**pl_module.model.config)
-        size = getattr(trainer.datamodule, "image_size", 224)
+        data = trainer.datamodule
+        size = getattr(data, "image_size", 224)
         hardware, versions = environment()
-        restored = self._history(trainer)
-        self.record = {
-            "status": "running", "arch": pl_module.hparams.arch,
+        return {
+            "status": "running", "stage": stage, "arch": pl_module.hparams.arch,
             "model": {**{k: v for k, v in pl_module.model.config.items() if k != "layers"},
                       "depth": _depth(meta), **complexity(meta, size), "image_size": size},
+            "dataset": dataset_name(data, pl_module.hparams.num_classes),
             "recipe": self.recipe, "seed": self.config.get("seed_everything"),
-            "config": self.config, "epochs": list(restored.get("epochs", [])),
-            "best": None, "final": None, "wall_time_s": restored.get("wall_time_s", 0.0),
+            "config": self.config, "max_epochs": trainer.max_epochs,
+            "scale": run_scale(trainer, data, pl_module.hparams.lr)
+            if getattr(data, "batch_size", None) else None,
+            "resolution": resolution(data, trainer),
+            "epochs": [], "best": None, "final": None, "wall_time_s": 0.0,
             "images_per_s": None, "world_size": trainer.world_size,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # finds the run after a requeue
             "hardware": hardware, "versions": versions}
-        self._start = time.perf_counter() - self.record["wall_time_s"]
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            # `log_dir` broadcasts from rank 0: every rank must ask, or DDP hangs.
+            self._path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+            self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """A `validate` run's record: the checkpoint's errors at this val resolution."""
+        if trainer.state.fn != "validate" or not trainer.is_global_zero:
+            return
+        self.record = self._new_record(trainer, pl_module, "validate")
+        metrics = trainer.callback_metrics
+        self.record.update(status="finished", checkpoint=trainer.ckpt_path, final={
+            k: float(metrics[k]) for k in ("val/top1_err", "val/top5_err", "val/loss")
+            if k in metrics})
         self._write(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -9,10 +9,13 @@
 and checkpoints stay in the CSV run folder. On top of Lightning's logger it adds:
 
 - project `resnext-lit` (or WANDB_PROJECT); entity from WANDB_ENTITY or `init_args.entity`;
-- group `<recipe>/<arch>` so W&B averages the seeds of one setting, and tags
-  (arch, depth, C x d, form, recipe), set by `describe_run` before the W&B run starts;
+- group `<dataset>/<recipe>/<network>` (e.g. `cifar100/cifar_paper/resnext29_8x64d`) so W&B
+  averages the seeds of one setting, and tags (arch, depth, C x d, form, recipe, dataset), set
+  by `describe_run` before the W&B run starts;
 - in the run config: the resolved CLI config, params and MACs (as the paper counts them),
-  image size, hardware and library versions; every metric the module logs goes to the run;
+  dataset, network, planned epochs, the `scale` block (world size, per-device and global batch,
+  accumulation, lr after scaling) and `resolution`, as in results.json; hardware and library
+  versions; every metric the module logs goes to the run;
 - a start that cannot block training: offline, said in one line with the `wandb sync` command,
   when there are no credentials, when the server does not accept a connection within
   `PROBE_S`, or when an online `wandb.init` fails within `init_timeout`;
@@ -34,7 +37,8 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from .models import ResNeXt, complexity, model_config, model_entry
+from .models import ResNeXt, complexity, model_config, model_entry, registered_name
+from .models.registry import OVERRIDES
 
 DEFAULT_PROJECT = "resnext-lit"
 PROBE_S = 5.0        # a reachable server accepts a TCP connection well within this
@@ -45,25 +49,36 @@ OFFLINE_MODES = ("offline", "dryrun")
 
 
 def run_labels(arch: str, depth: int, cardinality: int, bottleneck_width: int, form: str,
-               recipe: str | None = None) -> tuple[str, list[str]]:
-    """(group, tags) of a run, e.g. ("imagenet_paper/resnext50_32x4d", [..., "32x4d", ...]).
+               recipe: str | None = None, dataset: str | None = None) -> tuple[str, list[str]]:
+    """(group, tags) of a run, e.g. ("cifar100/cifar_paper/resnext29_8x64d", [...]).
 
     The group names the setting, not the seed, so W&B's grouped view is the paper's mean over
-    runs. An arch whose depth, C or d was overridden gets what it really is appended
-    ("resnext29_8x64d-11layers-8x4d"), so the CPU demo never averages with the paper's network.
+    runs of one dataset, recipe and network (Table 7's CIFAR-10 and CIFAR-100 runs of one arch
+    are two groups). A run whose overrides build a registered network is grouped under that
+    network ("resnext50_32x4d" with C=8, d=14 is "resnext50_8x14d"); any other override gets
+    what it really is appended ("resnext29_8x64d-11layers-8x4d"), so the CPU demo never averages
+    with the paper's network.
     """
+    name = network_name(arch, depth, cardinality, bottleneck_width)
+    group = "/".join(part for part in (dataset, recipe, name) if part)
+    tags = [arch, f"depth{depth}", f"{cardinality}x{bottleneck_width}d", f"form-{form}"]
+    return group, tags + [part for part in (recipe, dataset) if part]
+
+
+def network_name(arch: str, depth: int, cardinality: int, bottleneck_width: int) -> str:
+    """The registered name of the network a run really built, else `arch` + what differs."""
+    registered = registered_name(depth, cardinality, bottleneck_width)
+    if registered:
+        return registered
     entry = model_entry(arch)
-    setting = f"{cardinality}x{bottleneck_width}d"
     name = arch + (f"-{depth}layers" if depth != entry["depth"] else "")
     if (cardinality, bottleneck_width) != (entry["cardinality"], entry["bottleneck_width"]):
-        name += f"-{setting}"
-    group = f"{recipe}/{name}" if recipe else name
-    tags = [arch, f"depth{depth}", setting, f"form-{form}"]
-    return group, tags + ([recipe] if recipe else [])
+        name += f"-{cardinality}x{bottleneck_width}d"
+    return name
 
 
-def run_facts(arch: str, net_config: dict, image_size: int,
-              recipe: str | None = None) -> tuple[str, list[str], dict]:
+def run_facts(arch: str, net_config: dict, image_size: int, recipe: str | None = None,
+              dataset: str | None = None) -> tuple[str, list[str], dict]:
     """(group, tags, config facts) of one run of `arch` built with `net_config`."""
     with torch.device("meta"):  # count on meta tensors: no memory, no compute
         meta = ResNeXt(**net_config)
@@ -71,9 +86,10 @@ def run_facts(arch: str, net_config: dict, image_size: int,
     from .results import environment  # the same hardware/versions record as results.json
     hardware, versions = environment()
     depth = 3 * sum(net_config["layers"]) + 2  # weighted layers, as the paper counts them
-    group, tags = run_labels(arch, depth, net_config["cardinality"],
-                             net_config["bottleneck_width"], net_config["form"], recipe)
-    facts = {"arch": arch, "recipe": recipe, "depth": depth,
+    c, d = net_config["cardinality"], net_config["bottleneck_width"]
+    group, tags = run_labels(arch, depth, c, d, net_config["form"], recipe, dataset)
+    facts = {"arch": arch, "network": network_name(arch, depth, c, d), "recipe": recipe,
+             "dataset": dataset, "depth": depth,
              **{k: v for k, v in net_config.items() if k != "layers"},
              **complexity(meta, image_size), "image_size": image_size,
              "hardware": hardware, "versions": versions}
@@ -81,16 +97,27 @@ def run_facts(arch: str, net_config: dict, image_size: int,
 
 
 def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
-                 config: dict | None = None) -> None:
-    """Hand every `WandbLogger` of `trainer` the run's group, tags and config.
+                 config: dict | None = None, stage: str = "fit") -> None:
+    """Hand every `WandbLogger` of `trainer` the run's group, tags and config: the same facts
+    as results.json (dataset, planned epochs, `scale`, `resolution`), so tables agree.
 
     Call it before `trainer.fit` (the CLI does, in `before_fit`): Lightning starts the W&B run
     in its setup hook, before any callback could name it, and a W&B group is fixed at start.
     """
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     if loggers:
-        size = getattr(datamodule or trainer.datamodule, "image_size", None) or 224
-        group, tags, facts = run_facts(module.hparams.arch, module.model.config, size, recipe)
+        from .results import dataset_name, resolution
+        from .scale import run_scale
+
+        data = datamodule or trainer.datamodule
+        size = getattr(data, "image_size", None) or 224
+        dataset = dataset_name(data, module.hparams.num_classes)
+        group, tags, facts = run_facts(module.hparams.arch, module.model.config, size, recipe,
+                                       dataset)
+        facts.update(stage=stage, max_epochs=trainer.max_epochs,
+                     scale=run_scale(trainer, data, module.hparams.lr)
+                     if getattr(data, "batch_size", None) else None,
+                     resolution=resolution(data, trainer))
         for logger in loggers:
             logger.describe(group, tags, {**(config or {}), **facts}, facts)
 
@@ -207,9 +234,7 @@ class WandbLogger(_LightningWandbLogger):
         params = params if isinstance(params, dict) else vars(params)
         if self._facts is None and "arch" in params:
             # Used without `describe_run` (a plain Trainer): derive what the hparams allow.
-            overrides = {k: params.get(k) for k in ("cardinality", "bottleneck_width", "depth",
-                                                    "form", "num_classes",
-                                                    "zero_init_residual")}
+            overrides = {k: params.get(k) for k in OVERRIDES}
             net_config = model_config(params["arch"], **overrides)
             _, tags, self._facts = run_facts(params["arch"], net_config,
                                              params.get("image_size", 224))

@@ -34,7 +34,8 @@ def test_report_has_the_ablation_panels_for_one_sweep():
     assert panels(report, wr.RunComparer) and panels(report, wr.ParallelCoordinatesPlot)
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     for runset in (g.runsets[0] for g in grids):
-        assert runset.groupby == ["config.arch"]
+        # one group per setting: CIFAR-10 and CIFAR-100 runs of one network never average
+        assert runset.groupby == ["config.dataset", "config.recipe", "config.network"]
         assert "Sweep" in runset.filters and "abc123" in runset.filters
         assert "summary:val/top1_err" in runset.pinned_columns
     for panel in curves + scatter:  # each panel serialises to W&B's spec without a server
@@ -52,8 +53,11 @@ def test_report_names_match_what_training_logs():
     report = build_report("e", "p")
     plotted = {y for p in panels(report, wr.LinePlot) for y in p.y}
     assert plotted <= set(METRICS)
-    _, _, facts = run_facts("resnext29_8x64d", model_config("resnext29_8x64d", depth=11,
-                                                             bottleneck_width=4), 16)
+    group, _, facts = run_facts("resnext29_8x64d", model_config("resnext29_8x64d", depth=11,
+                                                                 bottleneck_width=4), 16,
+                                "demo", "digits")
+    # W&B's run group and the report's grouping name the same setting
+    assert group == "/".join(facts[k] for k in ("dataset", "recipe", "network"))
     used = {p.x.name for p in panels(report, wr.ScatterPlot)}
     used |= {c.metric.name for p in panels(report, wr.ParallelCoordinatesPlot)
              for c in p.columns if isinstance(c.metric, wr.Config)}

@@ -368,6 +368,14 @@ def test_checkpoints_load_weights_only_unless_the_user_opts_out(tmp_path, uninte
                               "--weights_only=false"], **run)
     assert trusted.returncode == 0, trusted.stderr[-3000:]
     assert "val/top1_err" in trusted.stdout
+    # A validate run leaves its record too (Table 5 reads the 320 px ones): the checkpoint's
+    # errors at this val resolution, with the recipe's keys.
+    (path,) = (tmp_path / "runs").rglob("results.json")
+    record = json.loads(path.read_text())
+    assert (record["stage"], record["status"], record["checkpoint"]) == ("validate", "finished",
+                                                                       str(unsafe))
+    assert record["resolution"]["val"] == 16 and record["dataset"] == "digits"
+    assert 0 <= record["final"]["val/top1_err"] <= 100 and record["epochs"] == []
 
 
 def test_class_names_from_a_sidecar_never_reach_outside_the_image_folder(tmp_path):

@@ -105,13 +105,20 @@ def one_line(text: str) -> list[str]:
 
 
 def test_run_labels_name_the_setting_not_the_seed():
-    group, tags = run_labels("resnext50_32x4d", 50, 32, 4, "c", "imagenet_paper")
-    assert group == "imagenet_paper/resnext50_32x4d"
-    assert tags == ["resnext50_32x4d", "depth50", "32x4d", "form-c", "imagenet_paper"]
+    group, tags = run_labels("resnext50_32x4d", 50, 32, 4, "c", "imagenet_paper", "imagenet")
+    assert group == "imagenet/imagenet_paper/resnext50_32x4d"
+    assert tags == ["resnext50_32x4d", "depth50", "32x4d", "form-c", "imagenet_paper",
+                    "imagenet"]
     group, tags = run_labels("resnext29_8x64d", 11, 8, 4, "b", "demo")
     assert group == "demo/resnext29_8x64d-11layers-8x4d"
     assert {"depth11", "8x4d", "form-b"} <= set(tags)
     assert run_labels("resnext29_8x64d", 29, 8, 64, "c")[0] == "resnext29_8x64d"
+    # Table 7: one network on CIFAR-10 and CIFAR-100 is two settings, never one mean
+    assert (run_labels("resnext29_8x64d", 29, 8, 64, "c", "cifar_paper", "cifar10")[0]
+            != run_labels("resnext29_8x64d", 29, 8, 64, "c", "cifar_paper", "cifar100")[0])
+    # overrides that build a registered network are grouped under its name
+    assert run_labels("resnext50_32x4d", 50, 8, 14, "c", "imagenet_paper", "imagenet")[0] == \
+        "imagenet/imagenet_paper/resnext50_8x14d"
 
 
 @pytest.mark.slow
@@ -135,8 +142,8 @@ def test_offline_without_credentials_says_so_once_and_logs_everything(isolated, 
     run_dir = Path(lines[0].split("wandb sync ")[1].rstrip("`"))
     assert run_dir.is_dir() and run_dir.parent.resolve() == Path("runs/wandb").resolve()
     run = read_run(run_dir)
-    assert run["group"] == "demo/resnext29_8x64d-2x2d"
-    assert {"resnext29_8x64d", "depth29", "2x2d", "form-c", "demo"} <= set(run["tags"])
+    assert run["group"] == "digits/demo/resnext29_8x64d-2x2d"
+    assert {"resnext29_8x64d", "depth29", "2x2d", "form-c", "demo", "digits"} <= set(run["tags"])
     config = run["config"]
     assert config["seed_everything"] == 0
     assert config["cardinality"] == 2 and config["bottleneck_width"] == 2
@@ -144,6 +151,12 @@ def test_offline_without_credentials_says_so_once_and_logs_everything(isolated, 
     assert config["lr"] == module.hparams.lr  # the module's hparams are logged too
     assert config["params"] == sum(p.numel() for p in module.model.parameters())
     assert config["macs"] > 0 and config["image_size"] == 16
+    # the same comparability facts as results.json, so a table from W&B matches one from disk
+    assert config["scale"] == {"world_size": 1, "per_device_batch": 16,
+                               "accumulate_grad_batches": 1, "global_batch": 16,
+                               "lr": module.hparams.lr * 16 / 256}
+    assert config["dataset"] == "digits" and config["max_epochs"] == 1
+    assert config["resolution"]["train"] == config["resolution"]["val"] == 16
     assert config["versions"]["wandb"] == wandb.__version__ and "cpus" in config["hardware"]
     logged = set().union(*run["history"])
     assert {"train/loss_step", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err",
