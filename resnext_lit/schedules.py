@@ -8,8 +8,8 @@ schedule keeps its shape whatever the batch size or number of GPUs.
 - "step": the paper's (Sec. 4, fb.resnet.torch): x gamma at each milestone epoch (ImageNet 30,
   60, 90; CIFAR 150, 225).
 - "cosine": half a cosine from 1 to 0 over the epochs after warmup (Loshchilov & Hutter 2017).
-- "triangular": ffcv-imagenet's: linear from 0 up to 1 at `peak_epoch`, then down to 0 at the
-  end.
+- "triangular": ffcv-imagenet's (`get_cyclic_lr`): linear from `TRIANGULAR_START` (1e-4) up to
+  1 at `peak_epoch`, then down to 0 at the end.
 "step" and "cosine" take an optional linear warmup from 0 over `warmup_epochs` (Goyal et al.
 2017, for large batches).
 """
@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 
 SCHEDULES = ("step", "cosine", "triangular")
+TRIANGULAR_START = 1e-4  # ffcv-imagenet starts its ramp at 1e-4 x the peak lr, not at 0
 
 
 def check_schedule(schedule: str, max_epochs: int, milestones: Sequence[int] = (),
@@ -44,7 +45,7 @@ def lr_factor(schedule: str, epoch: float, max_epochs: int, milestones: Sequence
     """The multiplier of the base learning rate at fractional `epoch`."""
     if schedule == "triangular":
         if epoch < peak_epoch:
-            return epoch / peak_epoch
+            return TRIANGULAR_START + (1 - TRIANGULAR_START) * epoch / peak_epoch
         return max(0.0, (max_epochs - epoch) / max(max_epochs - peak_epoch, 1e-9))
     warmup = epoch / warmup_epochs if epoch < warmup_epochs else 1.0
     if schedule == "step":

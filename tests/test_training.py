@@ -133,8 +133,8 @@ def test_triangular_schedule_with_accumulation():
     base = 0.8 * 16 / 256
     per_step = lrs[::2]
     assert trainer.global_step == 20 and len(per_step) == 20
-    assert per_step[0] == 0.0
-    assert per_step[5] == pytest.approx(0.5 * base)     # epoch 1 of 2 up
+    assert per_step[0] == pytest.approx(1e-4 * base)    # ffcv-imagenet's start, not 0
+    assert per_step[5] == pytest.approx((1e-4 + (1 - 1e-4) * 0.5) * base)  # epoch 1 of 2 up
     assert per_step[10] == pytest.approx(base)           # the peak
     assert per_step[15] == pytest.approx(0.5 * base)     # half way down
 
@@ -188,6 +188,8 @@ BAD_INPUTS = [
     (["--model.schedule=poly"], '"model.schedule": Expected a typing.Literal'),
     (["--model.widht=3"], "unrecognized arguments: --model.widht=3"),
     (["--model.cardinality=0"], "cardinality must be an integer >= 1, got 0"),
+    (["--global_batch_size=100", "--trainer.devices=3", "--trainer.strategy=ddp"],
+     "global_batch_size=100 does not divide over 3 process(es) x 1 accumulation step(s)"),
 ]
 
 

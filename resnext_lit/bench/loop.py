@@ -26,6 +26,7 @@ from lightning import Callback, LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnext_lit.scale import peak_lr
 from resnext_lit.schedules import lr_factor
 
 from .common import Report, interleave, torch_threads
@@ -162,7 +163,7 @@ def raw_run(module, data: InMemoryBatches, clock: StepClock, device: str = "cpu"
     if hp.channels_last:
         model.to(memory_format=torch.channels_last)
     mean, std = module.mean.to(device), module.std.to(device)
-    lr = hp.lr * data.batch_size / 256  # the module's rule: lr per 256 images
+    lr = peak_lr(hp.lr, data.batch_size)  # the module's rule: lr per 256 images, one device
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=hp.momentum,
                                 nesterov=hp.nesterov, weight_decay=hp.weight_decay)
     steps = clock.steps

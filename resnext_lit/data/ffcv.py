@@ -112,7 +112,8 @@ class FFCVDataModule(LightningDataModule):
 
     Args:
         train_path, val_path: the .beton files; each needs its `.json` sidecar next to it.
-        batch_size: images per process per step; val_batch_size defaults to it.
+        batch_size: images per process per step (derived from the recipe's global batch by
+            the CLI); val_batch_size defaults to it.
         res: train resolution (`image_size`); `ProgressiveResizing` overrides it per epoch.
         val_res: validation resolution (`val_image_size`): the center crop is resized to it.
         val_crop_ratio: side of the val center square / the image's shorter side, in (0, 1].
@@ -170,7 +171,6 @@ class FFCVDataModule(LightningDataModule):
         self.val_image_size: int = val_res
         self.val_crop_ratio: float = val_crop_ratio
         self.batch_size: int = batch_size
-        self.val_batch_size: int = val_batch_size or batch_size
         # FFCV hands num_workers to numba, which refuses more threads than it was started with.
         cores = min(usable_cores(), numba.config.NUMBA_NUM_THREADS)
         self.num_workers = clip_workers(num_workers, cores)
@@ -216,7 +216,7 @@ class FFCVDataModule(LightningDataModule):
         crop = CenterCropRGBImageDecoder((hp.val_res, hp.val_res), ratio=hp.val_crop_ratio)
         image_ops = [crop, ToTensor(), ToTorchImage()]
         # distributed=False plus this rank's indices: FFCV's distributed mode pads with duplicates.
-        return _LightningLoader(hp.val_path, batch_size=self.val_batch_size,
+        return _LightningLoader(hp.val_path, batch_size=hp.val_batch_size or self.batch_size,
                                 order=OrderOption.SEQUENTIAL, drop_last=False,
                                 indices=np.arange(share.start, share.stop, dtype=np.uint64),
                                 pipelines={"image": image_ops, "label": self._label_ops()},
@@ -225,22 +225,41 @@ class FFCVDataModule(LightningDataModule):
     test_dataloader = val_dataloader
 
 
+# ffcv-imagenet's ResNet-50 ramps (rn50_configs/rn50_<epochs>_epochs.yaml): epochs -> (start, end).
+FFCV_IMAGENET_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48),
+                       88: (65, 76)}
+
+
 class ProgressiveResizing(Callback):
     """Train at `min_res` up to epoch `start_ramp`, then grow linearly to `max_res` at epoch
     `end_ramp`, in multiples of 32 px (ffcv-imagenet; low resolution early is cheaper and costs
-    little accuracy). Needs `FFCVDataModule`; logs `train/res` every epoch."""
+    little accuracy). Without `start_ramp`/`end_ramp`, the ramp is ffcv-imagenet's for
+    `trainer.max_epochs` (`FFCV_IMAGENET_RAMPS`: 16, 24, 32, 40, 56 or 88 epochs). Needs
+    `FFCVDataModule`; logs `train/res` every epoch."""
 
-    def __init__(self, min_res: PositiveInt, max_res: PositiveInt, start_ramp: NonNegativeInt,
-                 end_ramp: NonNegativeInt):
+    def __init__(self, min_res: PositiveInt, max_res: PositiveInt,
+                 start_ramp: NonNegativeInt | None = None, end_ramp: NonNegativeInt | None = None):
         super().__init__()
         if min_res % RES_STEP or max_res % RES_STEP or not 0 < min_res <= max_res:
             raise ValueError(f"ProgressiveResizing: min_res ({min_res}) <= max_res ({max_res}) "
                              f"must be positive multiples of {RES_STEP}")
-        if not 0 <= start_ramp <= end_ramp:
+        if (start_ramp is None) != (end_ramp is None) or (
+                start_ramp is not None and not 0 <= start_ramp <= end_ramp):
             raise ValueError(f"ProgressiveResizing: need 0 <= start_ramp ({start_ramp}) <= "
-                             f"end_ramp ({end_ramp})")
+                             f"end_ramp ({end_ramp}), or neither (ffcv-imagenet's ramp)")
         self.min_res, self.max_res = min_res, max_res
         self.start_ramp, self.end_ramp = start_ramp, end_ramp
+
+    def ramp_for(self, max_epochs: int) -> tuple[int, int]:
+        """(start_ramp, end_ramp): as given, else ffcv-imagenet's for a run of `max_epochs`."""
+        if self.start_ramp is not None:
+            return self.start_ramp, self.end_ramp
+        if max_epochs not in FFCV_IMAGENET_RAMPS:
+            raise ValueError(f"ProgressiveResizing: ffcv-imagenet has no ramp for "
+                             f"trainer.max_epochs={max_epochs} (it has "
+                             f"{', '.join(map(str, FFCV_IMAGENET_RAMPS))}); give start_ramp "
+                             "and end_ramp")
+        return FFCV_IMAGENET_RAMPS[max_epochs]
 
     def resolution(self, epoch: int) -> int:
         if epoch <= self.start_ramp:
@@ -255,7 +274,13 @@ class ProgressiveResizing(Callback):
         if not isinstance(trainer.datamodule, FFCVDataModule):
             raise ValueError("ProgressiveResizing needs data: FFCVDataModule, got "
                              f"{type(trainer.datamodule).__name__}")
+        self.start_ramp, self.end_ramp = self.ramp_for(trainer.max_epochs)
         trainer.datamodule.res_schedule = self.resolution
+
+    def schedule(self, max_epochs: int):
+        """epoch -> resolution for a run of `max_epochs` (before `setup` has fixed the ramp)."""
+        ramped = ProgressiveResizing(self.min_res, self.max_res, *self.ramp_for(max_epochs))
+        return ramped.resolution
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         pl_module.log("train/res", float(self.resolution(trainer.current_epoch)))

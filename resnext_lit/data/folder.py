@@ -85,7 +85,8 @@ class ImageFolderDataModule(LightningDataModule):
         val_dir: ImageFolder tree with (a subset of) the same class folders, or ImageNet's flat
             val folder when `val_labels` is given.
         val_labels, synsets: ImageNet ground truth (see `resnext_lit.data.imagenet_val`).
-        batch_size: images per process per step; val_batch_size defaults to it.
+        batch_size: images per process per step (derived from the recipe's global batch by
+            the CLI); val_batch_size defaults to it.
         res, val_res, val_crop_ratio, crop_scale, flip: as `FFCVDataModule` (val_crop_ratio:
             the val center square's side / the shorter side; 224/256 = 224 from 256).
         num_workers: DataLoader worker processes, capped at the usable cores.
@@ -119,7 +120,6 @@ class ImageFolderDataModule(LightningDataModule):
         self.val_image_size: int = val_res
         self.val_crop_ratio: float = val_crop_ratio
         self.batch_size: int = batch_size
-        self.val_batch_size: int = val_batch_size or batch_size
         self.num_workers = clip_workers(num_workers)
 
     def setup(self, stage: str) -> None:
@@ -146,6 +146,6 @@ class ImageFolderDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self.trainer)
         sampler = ExactShardSampler(self.val_set, world, rank) if world > 1 else None
-        return self._loader(self.val_set, self.val_batch_size, sampler=sampler)
+        return self._loader(self.val_set, self.hparams.val_batch_size or self.batch_size, sampler=sampler)
 
     test_dataloader = val_dataloader
