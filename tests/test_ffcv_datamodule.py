@@ -223,6 +223,9 @@ def test_progressive_resizing_changes_batch_resolution_at_the_right_epochs(beton
                                    num_workers=0)
     with pytest.raises(ValueError, match="needs data: FFCVDataModule"):
         _trainer(1, [ProgressiveResizing(32, 64, 0, 1)]).fit(ShapeRecorder(), folder)
+    # Without a ramp it is ffcv-imagenet's for the run's length, which must be one of theirs.
+    with pytest.raises(ValueError, match="no ramp for trainer.max_epochs=1 "):
+        _trainer(1, [ProgressiveResizing(32, 64)]).fit(ShapeRecorder(), dm)
 
 
 def test_class_count_mismatch_with_the_model_fails_before_training(beton_varied_written):

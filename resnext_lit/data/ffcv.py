@@ -274,6 +274,8 @@ class ProgressiveResizing(Callback):
         if not isinstance(trainer.datamodule, FFCVDataModule):
             raise ValueError("ProgressiveResizing needs data: FFCVDataModule, got "
                              f"{type(trainer.datamodule).__name__}")
+        if self.start_ramp is None and trainer.fast_dev_run:  # a smoke run: min_res, no ramp
+            self.start_ramp = self.end_ramp = 1
         self.start_ramp, self.end_ramp = self.ramp_for(trainer.max_epochs)
         trainer.datamodule.res_schedule = self.resolution
 
