@@ -1,6 +1,8 @@
 """The LightningModule: a zoo ResNeXt, its loss, its metrics and the paper's optimisation.
 
     python -m resnext_lit fit --config configs/imagenet_paper.yaml --model.arch resnext50_32x4d
+    python -m resnext_lit validate --config configs/imagenet_paper.yaml \
+        --config configs/eval/torchvision.yaml --model.weights resnext50_32x4d-7cdf4587.pth
 
 Errors are logged in percent, as the paper reports them: `val/top1_err` = 100 * (1 - top-1
 accuracy). Batches arrive as uint8 NCHW (see `resnext_lit.data`) and are normalised here, on the
@@ -17,11 +19,13 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .models import create_model
+from .models import create_model, load_weights
 from .reliability import NonFiniteGuard
 from .scale import run_scale
 from .schedules import check_schedule, lr_factor
@@ -37,12 +41,29 @@ class ResNeXtModule(LightningModule):
         blurpool: blur before every strided conv with >= 16 input channels (ffcv-imagenet's
             fast recipe, Zhang 2019; `resnext_lit.models.resnext.BlurConv2d`); off in the
             paper's recipes.
+        weights: a file of pretrained weights loaded strictly into the network when the module
+            is built: torchvision's state dict, ours, or a Lightning checkpoint's (its EMA
+            weights if it has them); forms (a) and (b) get them converted
+            (`resnext_lit.models.weights`). A run resumed or evaluated with `--ckpt_path` gets
+            the checkpoint's weights: Lightning restores them after this. Checkpoints save
+            `weights` as None: they hold their weights, and the file may be gone by then.
         lr: learning rate per 256 images; the optimiser uses lr * global_batch / 256, so the
             paper's lr is the paper's lr on any number of GPUs (`resnext_lit.scale`).
         momentum, nesterov, weight_decay: SGD (paper: 0.9, 1e-4; official code: Nesterov).
         no_bn_weight_decay: exempt BN and bias parameters (1-d tensors) from weight decay.
         schedule, milestones, gamma, warmup_epochs, peak_epoch: see `resnext_lit.schedules`.
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
+        mixup_alpha, cutmix_alpha: MixUp (Zhang et al. 2018, arXiv:1710.09412) and CutMix (Yun
+            et al. 2019, arXiv:1905.04899) of each training batch on the device, by
+            `torchvision.transforms.v2`: each image is mixed with its neighbour in the (shuffled)
+            batch, by a share lambda ~ Beta(alpha, alpha) drawn on the host once per batch.
+            0 is off (the default and the paper's). Both > 0: one of the two per batch at even
+            odds, as in timm and torchvision's references. Usual values: mixup 0.2
+            (torchvision's reference recipe, timm's ResNet "A1") or 0.8 (timm, DeiT), cutmix 1.0.
+            The loss is the cross-entropy with the mixed soft targets (label smoothing then
+            applies on top; both are linear, so the order does not matter: timm's
+            `mixup_target` smooths first); train top-1 is scored against each image's dominant
+            label, the one with the larger share.
         channels_last, compile: memory format and `torch.compile` for speed on GPUs.
         ema_decay: keep an exponential moving average of the weights, evaluated on val.
         flip_tta: average the logits of the image and its mirror at validation.
@@ -56,25 +77,35 @@ class ResNeXtModule(LightningModule):
                  depth: int | None = None, form: Literal["a", "b", "c"] | None = None,
                  cardinality: int | None = None,
                  bottleneck_width: int | None = None, zero_init_residual: bool = False,
-                 blurpool: bool = False,
+                 blurpool: bool = False, weights: str | None = None,
                  lr: PositiveFloat = 0.1, momentum: NonNegativeFloat = 0.9,
                  nesterov: bool = False, weight_decay: NonNegativeFloat = 1e-4,
                  no_bn_weight_decay: bool = False,
                  schedule: Literal["step", "cosine", "triangular"] = "step",
                  milestones: list[int] = [30, 60], gamma: PositiveFloat = 0.1,  # noqa: B006
                  warmup_epochs: NonNegativeFloat = 0.0, peak_epoch: PositiveFloat = 2.0,
-                 label_smoothing: NonNegativeFloat = 0.0, channels_last: bool = False,
+                 label_smoothing: NonNegativeFloat = 0.0, mixup_alpha: NonNegativeFloat = 0.0,
+                 cutmix_alpha: NonNegativeFloat = 0.0, channels_last: bool = False,
                  compile: bool = False, ema_decay: float | None = None, flip_tta: bool = False,
                  nonfinite_loss: Literal["stop", "skip"] = "stop",
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD):
         super().__init__()
         self.save_hyperparameters()
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
+        for key, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if alpha < 0:
+                raise ValueError(f"model.{key} must be >= 0 (0 is off), got {alpha}")
         self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
                                   cardinality=cardinality, bottleneck_width=bottleneck_width,
                                   zero_init_residual=zero_init_residual, blurpool=blurpool)
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
+        if weights is not None:  # before the EMA copy, which starts from the loaded weights
+            overrides = dict(depth=depth, form=form, cardinality=cardinality,
+                             bottleneck_width=bottleneck_width)
+            name = f"{arch} with num_classes={num_classes}" + "".join(
+                f", {k}={v}" for k, v in overrides.items() if v is not None)
+            rank_zero_info(load_weights(self.model, weights, name))
         self.ema = None
         if ema_decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
@@ -89,6 +120,9 @@ class ResNeXtModule(LightningModule):
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), False)
+        mixes = [mix(alpha=alpha, num_classes=num_classes)
+                 for mix, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha]
+        self.mix = v2.RandomChoice(mixes) if mixes else None
         self._clock = _Throughput()
         self._nonfinite = NonFiniteGuard(nonfinite_loss)
 
@@ -121,8 +155,11 @@ class ResNeXtModule(LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        targets = labels
+        if self.mix is not None:
+            images, targets, labels = self.mixed(images, labels)
         logits = self.model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         if not self._nonfinite.check(self, loss, batch_idx):
             return None  # skipped: no backward, no update
         self.train_top1.update(logits.detach(), labels)
@@ -134,6 +171,16 @@ class ResNeXtModule(LightningModule):
         self.log("lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), on_step=True,
                  on_epoch=False)
         return loss
+
+    def mixed(self, images: torch.Tensor, labels: torch.Tensor):
+        """MixUp or CutMix of a batch: the images, their soft targets, each one's dominant label.
+
+        torchvision's v2 classes read only host tensors (their Beta draw, CutMix's box, the
+        choice of the two) and mix with Python floats and slices; their one-hot of the labels
+        skips its range check on CUDA (it would read them back): no device->host copy.
+        """
+        images, targets = self.mix(images, labels)
+        return images, targets, targets.argmax(1)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -151,6 +198,11 @@ class ResNeXtModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.trainer.state.fn == "fit":  # every rank saves (and so checks) at the same step
             self._nonfinite.verify(self.trainer)
+        # The checkpoint holds the weights now. Rebuilt from it (`load_from_checkpoint`,
+        # `--ckpt_path`), the module must not read the start-up file again, which may be gone.
+        # The run's hparams.yaml and config still name the file. (A copy: self.hparams keeps it.)
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"]["weights"] = None
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:

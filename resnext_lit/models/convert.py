@@ -1,6 +1,7 @@
 """Weight conversion between the block forms (a), (b) and (c): the paper's equivalence claim.
 
     >>> net_a = convert_form(create_model("resnext50_32x4d"), "a")   # same function, form (a)
+    >>> copy_form(net_c, net_a)   # in place, e.g. pretrained form (c) weights into form (a)
 
 Sec. 3.3 of arXiv:1611.05431: "the three forms are strictly equivalent". Form (c)'s grouped
 convs are the canonical weights: conv1 and conv2 split by output channel into the C paths;
@@ -62,18 +63,26 @@ def load_grouped_weights(block: Bottleneck, weights: dict[str, torch.Tensor]) ->
     block.load_state_dict(state, strict=False)
 
 
+def copy_form(src: ResNeXt, dst: ResNeXt) -> None:
+    """Set `dst` to compute exactly what `src` computes: the same network in any two forms."""
+    if {**src.config, "form": "c"} != {**dst.config, "form": "c"}:
+        raise ValueError(f"copy_form needs the same network in two forms, got {src.config} "
+                         f"and {dst.config}")
+    # Stem, shortcuts and classifier are the same in every form: copy them by name.
+    names = dst.state_dict().keys()
+    shared = {k: v for k, v in src.state_dict().items() if ".paths." not in k and k in names}
+    dst.load_state_dict(shared, strict=False)
+    blocks = lambda net: [m for m in net.modules() if isinstance(m, Bottleneck)]  # noqa: E731
+    with torch.no_grad():
+        for a, b in zip(blocks(src), blocks(dst)):
+            load_grouped_weights(b, {k: v.clone() for k, v in grouped_weights(a).items()})
+
+
 def convert_form(model: ResNeXt, form: str) -> ResNeXt:
     """A new network of block form `form` that computes exactly what `model` computes."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     target = ResNeXt(**{**model.config, "form": form}).to(next(model.parameters()).device)
     target.train(model.training)
-    # Stem, shortcuts and classifier are the same in every form: copy them by name.
-    names = target.state_dict().keys()
-    shared = {k: v for k, v in model.state_dict().items() if ".paths." not in k and k in names}
-    target.load_state_dict(shared, strict=False)
-    blocks = lambda net: [m for m in net.modules() if isinstance(m, Bottleneck)]  # noqa: E731
-    with torch.no_grad():
-        for src, dst in zip(blocks(model), blocks(target)):
-            load_grouped_weights(dst, {k: v.clone() for k, v in grouped_weights(src).items()})
+    copy_form(model, target)
     return target
