@@ -274,6 +274,7 @@ def run_cli(args: list[str] | None) -> int:
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning import LightningDataModule
 
+    from .input_bound import DataWait
     from .module import ResNeXtModule
     from .results import ResultsWriter
 
@@ -286,12 +287,13 @@ def _lightning_cli(args: list[str] | None) -> None:
             # Persistent callbacks: the ModelCheckpoints must come before ResultsWriter (see it).
             # last.ckpt has its own: Lightning 2.6 refreshes a monitoring ModelCheckpoint's
             # save_last file only in epochs that improved the metric.
+            # DataWait after Preemption, so Preemption's agreement steps count as compute.
             "callbacks": [
                 ModelCheckpoint(monitor="val/top1_err", mode="min",
                                 filename="epoch{epoch:03d}-err{val/top1_err:.2f}",
                                 auto_insert_metric_name=False),
                 ModelCheckpoint(filename="last", enable_version_counter=False),
-                ResultsWriter(), Preemption(), ExactResume()]},
+                ResultsWriter(), Preemption(), ExactResume(), DataWait()]},
         save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.
         parser_kwargs={"exit_on_error": False,

@@ -30,7 +30,9 @@ from .models import ResNeXt, complexity
 from .scale import run_scale
 
 METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
-           "train/images_per_s", "val/images_per_s")
+           "train/images_per_s", "val/images_per_s",
+           # is the run input-bound? (`resnext_lit.input_bound.DataWait`)
+           "train/data_wait_frac", "train/data_ms_per_step", "train/compute_ms_per_step")
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
 
 

@@ -3,7 +3,8 @@
     python -m resnext_lit summary runs/demo
 
 Reads the `results.json` that every `fit` writes: model, params, MACs, val error per epoch,
-img/s, and where the run, its checkpoints and the record are.
+img/s, the share of each epoch spent waiting for data (with one "input-bound: ..." line for the
+worst epoch above `INPUT_BOUND_FRAC`), and where the run, its checkpoints and the record are.
 """
 
 from __future__ import annotations
@@ -15,12 +16,32 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+# Above this share of an epoch waiting for the next batch (`train/data_wait_frac`, from
+# `resnext_lit.input_bound.DataWait`), a faster loader is worth a look: it could buy up to
+# 1 / (1 - 0.2) = 1.25x. Below it, costs that share the gap and that no loader change removes (the
+# progress bar's redraw, step logging, the host->device copy, workers starting each epoch) can
+# account for the share.
+INPUT_BOUND_FRAC = 0.2
+
 
 def newest_results(root: Path) -> Path:
     found = sorted(root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ValueError(f"no results.json under {root}")
     return found[-1]
+
+
+def input_bound(epochs: list[dict], threshold: float = INPUT_BOUND_FRAC) -> str | None:
+    """One line naming the epoch that waited longest for data, if any waited above threshold."""
+    above = [e for e in epochs if e.get("train/data_wait_frac", 0.0) > threshold]
+    if not above:
+        return None
+    worst = max(above, key=lambda e: e["train/data_wait_frac"])
+    line = (f"input-bound: the loader held back {worst['train/data_wait_frac']:.0%} of epoch "
+            f"{worst['epoch']}")
+    if len(above) > 1:
+        line += f" ({len(above)} of {len(epochs)} epochs above {threshold:.0%})"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +56,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{model['params'] / 1e6:.2f} M params, {model['macs'] / 1e6:.1f} M MACs "
                   f"at {model['image_size']} px  -  status: {record['status']}")
     table = Table("epoch", "train loss", "train top-1 err %", "val top-1 err %",
-                  "val top-5 err %", "img/s", "time s")
+                  "val top-5 err %", "img/s", "data wait %", "time s")
     fmt = lambda v, spec=".2f": "" if v is None else format(v, spec)  # noqa: E731
+    percent = lambda share: None if share is None else 100 * share  # noqa: E731
     for e in record["epochs"]:
         table.add_row(str(e["epoch"]), fmt(e.get("train/loss"), ".3f"),
                       fmt(e.get("train/top1_err")), fmt(e.get("val/top1_err")),
                       fmt(e.get("val/top5_err")), fmt(e.get("train/images_per_s"), ".0f"),
+                      fmt(percent(e.get("train/data_wait_frac")), ".0f"),
                       fmt(e.get("time_s"), ".0f"))
     console.print(table)
+    if (line := input_bound(record["epochs"])) is not None:
+        console.print(line, markup=False, highlight=False)
     best = record.get("best") or {}
     console.print(f"best val top-1 error {fmt(best.get('val/top1_err'))}% (epoch "
                   f"{best.get('epoch')}), {fmt(record.get('images_per_s'), '.0f')} img/s, "
