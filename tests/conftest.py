@@ -138,3 +138,46 @@ def _write_cifar(root: Path, num_classes: int = 10, per_file: int = 24, seed: in
 def cifar_make():
     """Factory: (root, num_classes=10 or 100, per_file=24, seed=0) -> root holding the layout."""
     return _write_cifar
+
+
+FFCV_FOREIGN_MAX_RES = 64  # ffcv-imagenet writes 500; small records keep the tests fast
+# split: (classes, images per class, (height, width)); val lacks the last class, as one may.
+FFCV_FOREIGN_SPLITS = {"train": (4, 10, (40, 56)), "val": (3, 5, (64, 32))}
+
+
+def _write_like_ffcv_imagenet(folder: Path, path: Path, max_resolution: int) -> Path:
+    """What ffcv-imagenet's write_imagenet.py does (their defaults, but the resolution): FFCV's
+    own DatasetWriter over torchvision's ImageFolder, `proportion` mode, half JPEG at 90."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    from torchvision.datasets import ImageFolder
+
+    writer = DatasetWriter(str(path), {
+        "image": RGBImageField(write_mode="proportion", max_resolution=max_resolution,
+                               compress_probability=0.50, jpeg_quality=90),
+        "label": IntField(),
+    }, num_workers=2)
+    writer.from_indexed_dataset(ImageFolder(root=str(folder)), chunksize=100)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ffcv_foreign_betons(tmp_path_factory) -> dict:
+    """Betons written as ffcv-imagenet writes them, with no sidecar, named like theirs
+    (train_64_0.50_90.ffcv): "train" (4 classes x 10 flat-colour images of 40 x 56 px) and "val"
+    (3 classes x 5, 64 x 32), with "<split>_labels" and "<split>_colours" (RGB per record)."""
+    from resnext_lit.data.images import export_imagefolder
+
+    root = tmp_path_factory.mktemp("foreign")
+    colours = _colours()
+    out = {}
+    for split, (classes, per_class, size) in FFCV_FOREIGN_SPLITS.items():
+        labels = np.repeat(np.arange(classes), per_class)  # ImageFolder order: class by class
+        rgb = np.array([next(colours) for _ in labels], dtype=np.uint8)
+        images = np.broadcast_to(rgb[:, None, None, :], (len(labels), *size, 3))
+        folder = export_imagefolder(images, labels, [f"c{i}" for i in range(classes)],
+                                    root / f"{split}_images")
+        out[split] = _write_like_ffcv_imagenet(
+            folder, root / f"{split}_{FFCV_FOREIGN_MAX_RES}_0.50_90.ffcv", FFCV_FOREIGN_MAX_RES)
+        out[f"{split}_labels"], out[f"{split}_colours"] = labels.tolist(), rgb
+    return out

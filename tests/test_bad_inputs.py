@@ -67,7 +67,13 @@ def bad(tmp_path_factory) -> dict:
     shutil.copy(f"{beton}.json", betons / "truncated.beton.json")
     shutil.copy(beton, betons / "foreign.beton")  # with the val split's sidecar
     shutil.copy(betons / "val.beton.json", betons / "foreign.beton.json")
-    shutil.copy(beton, betons / "nosidecar.beton")
+    # A beton of other fields than ours and ffcv-imagenet's (image, label: IntField).
+    from ffcv.fields import FloatField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    DatasetWriter(str(betons / "otherfields.ffcv"), {"image": RGBImageField(),
+                                                     "label": FloatField()},
+                  num_workers=1).from_indexed_dataset([(np.zeros((8, 8, 3), np.uint8), 0.5)] * 3)
 
     module = ResNeXtModule("resnext29_8x64d", 10, depth=11, cardinality=2, bottleneck_width=2)
     trainer = Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
@@ -132,8 +138,8 @@ ROWS = [
      "truncated.beton is", 2),
     ("sidecar of another write", [*FIT_FFCV, f"--data.init_args.train_path={B}/foreign.beton"],
      ("foreign.beton is", "bytes but its sidecar says"), 2),
-    ("missing sidecar", [*FIT_FFCV, f"--data.init_args.train_path={B}/nosidecar.beton"],
-     "nosidecar.beton has no sidecar", 2),
+    ("beton of other fields", [*FIT_FFCV, f"--data.init_args.train_path={B}/otherfields.ffcv"],
+     "otherfields.ffcv has fields", 2),
     ("class-count mismatch", [*FIT_FFCV, f"--data.init_args.val_path={B}/val2.beton"],
      "val2.beton was written with other classes", 2),
     ("cifar: not extracted", ["fit", "--config", str(ROOT / "configs/cifar_paper.yaml"), *TINY,

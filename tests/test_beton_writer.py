@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +192,9 @@ def _bad_inputs(tmp: Path, make) -> dict:
                            "n99999999"),
         "no split": ([], "--train and/or --val"),
         "bad max side": (["--train", str(good), "--max-side", "0"], "max_side"),
+        "bad per class": (["--train", str(good), "--per-class", "0"], "per_class"),
+        "adopt and write at once": (["--adopt", str(tmp / "a_file"), "--train", str(good)],
+                                    "--adopt"),
     }
 
 
@@ -236,6 +241,90 @@ def _noise_folder(root: Path, count: int, side: int = 200) -> Path:
             pixels = rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / label / f"{i:04d}.png", compress_level=0)
     return root
+
+
+# -- the writer at scale: size estimate, free disk, subsets, progress ------------------------
+RAW_TOLERANCE, JPEG_TOLERANCE = 0.10, 2.0  # estimate vs the written file (raw: relative error)
+PHOTO_SIDE, PHOTO_COUNT = 400, 200  # ~75 MB raw: the image bytes outweigh FFCV's 8 MiB pages
+
+
+def _photo_folder(root: Path) -> Path:
+    """Crops of the natural photos matplotlib and scikit-learn ship: JPEG compresses them as it
+    does ImageNet's, unlike flat colours or noise."""
+    from resnext_lit.bench.imagenet_like import photo_paths
+
+    rng = np.random.default_rng(0)
+    photos = [np.array(Image.open(path).convert("RGB")) for path in photo_paths()]
+    for i in range(PHOTO_COUNT):
+        photo = photos[i % len(photos)]
+        height, width = (int(rng.integers(PHOTO_SIDE // 2, PHOTO_SIDE)) for _ in range(2))
+        top, left = (int(rng.integers(0, n - m)) for n, m in zip(photo.shape, (height, width)))
+        folder = root / f"class_{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo[top:top + height, left:left + width]).save(folder / f"{i}.jpg",
+                                                                         quality=90)
+    return root
+
+
+def test_size_estimate_is_close_to_the_written_file_and_the_bar_has_an_eta(tmp_path, capfd):
+    source = _photo_folder(tmp_path / "photos")
+    out = tmp_path / "raw"
+    args = ["write-beton", "--train", str(source), "--out", str(out), "--workers", "2",
+            "--max-side", str(PHOTO_SIDE), "--write-mode", "raw"]
+    assert cli(args) == 0
+    captured = capfd.readouterr()
+    match = re.search(r"estimated ([\d.]+) MB for train \(free: [\d.]+ [GMk]B\)", captured.out)
+    actual = (out / "train.beton").stat().st_size
+    assert match and abs(float(match[1]) * 1e6 / actual - 1) < RAW_TOLERANCE, (match, actual)
+    # FFCV's write bar knows its total, so tqdm shows the elapsed<remaining time.
+    assert re.search(rf"write train: 100%.*\| {PHOTO_COUNT}/{PHOTO_COUNT} \[\d\d:\d\d<\d\d:\d\d",
+                     captured.err), captured.err[-500:]
+
+    jpeg = write_beton(source, tmp_path / "jpg.beton", max_side=PHOTO_SIDE, write_mode="jpg",
+                       workers=2, progress=False)
+    ratio = jpeg.estimated_bytes / jpeg.beton.stat().st_size
+    assert 1 / JPEG_TOLERANCE < ratio < JPEG_TOLERANCE, ratio
+
+
+def test_too_little_free_disk_is_refused_before_anything_is_written(tmp_path, beton_make_folder,
+                                                                    monkeypatch, capsys):
+    train = beton_make_folder(tmp_path / "train", per_class=2)["root"]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("a file of the user's")
+    (kept / f"train.beton{PARTIAL_SUFFIX}").write_bytes(b"x" * 10)  # a killed run's leftover
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    for out in (kept, tmp_path / "new" / "betons"):
+        before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+        argv = ["write-beton", "--train", str(train), "--val", str(train), "--out", str(out),
+                *COMMON]
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.fullmatch(r"error: not enough free disk in \S+: estimated [\d.]+ MB for "
+                            r"train, [\d.]+ MB for val, 1\.0 kB free; nothing written", err), err
+        assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+    assert not (tmp_path / "new").exists()  # the folders it made are gone again
+
+
+def test_per_class_writes_the_first_decodable_images_of_each_class(tmp_path, beton_make_folder):
+    folder = beton_make_folder(tmp_path / "train", per_class=4)
+    out = tmp_path / "out"
+    argv = ["write-beton", "--train", str(folder["root"]), "--val", str(folder["root"]),
+            "--out", str(out), "--per-class", "2", *COMMON]
+    assert cli(argv) == 0
+    # Listing order; class 1 lists garbage.jpg (undecodable) first, so its third file is taken.
+    expected = sum([[s for s in folder["good"] if s[1] == label][:2] for label in range(3)], [])
+    for split in ("train", "val"):
+        beton = out / f"{split}.beton"
+        assert labels_of(beton) == [0, 0, 1, 1, 2, 2]
+        info = read_beton_info(beton)
+        assert info["class_counts"] == [2, 2, 2] and info["per_class"] == 2
+        sizes = [load_rgb(path, 32).shape[:2] for path, _ in expected]
+        meta = images_of(beton)
+        assert list(zip(meta["height"].tolist(), meta["width"].tolist())) == sizes
+        report = Path(str(beton) + REPORT_SUFFIX).read_text().splitlines()[1:]
+        assert [Path(line.split("\t")[0]).name for line in report] == ["garbage.jpg"]  # only
 
 
 SHARED_MEMORY = "/dev/shm"  # where FFCV's writer keeps its metadata while it writes

@@ -26,7 +26,7 @@ from resnext_lit.data.ffcv import FFCVDataModule, ProgressiveResizing
 from resnext_lit.data.folder import ImageFolderDataModule
 from resnext_lit.data.images import export_imagefolder, load_rgb
 from resnext_lit.data.shards import ExactShardSampler, rank_slice
-from resnext_lit.data.sidecar import sidecar_path
+from resnext_lit.data.sidecar import read_beton_info, sidecar_path
 
 COLOUR_TOLERANCE = 8  # 0-255 levels: JPEG at quality 90 and resizing of flat colours
 SLOW_CONSUMER_S = 0.03
@@ -95,7 +95,6 @@ def test_bad_betons_and_arguments_fail_in_one_line(beton_varied_written, tmp_pat
     size = good.stat().st_size
     cases = {}
     cases["missing"] = (tmp_path / "nope.beton", {}, "does not exist")
-    cases["no sidecar"] = (_copy(good, tmp_path / "a", with_sidecar=False), {}, "no sidecar")
     truncated = _copy(good, tmp_path / "b")
     truncated.write_bytes(good.read_bytes()[: size // 2])
     cases["truncated"] = (truncated, {}, "bytes but its sidecar says")
@@ -135,6 +134,10 @@ def test_bad_betons_and_arguments_fail_in_one_line(beton_varied_written, tmp_pat
             with pytest.raises(ValueError) as err:
                 datamodule(tmp_path / "none", tmp_path / "none", val_crop_ratio=ratio)
             assert str(err.value) == f"data.val_crop_ratio must be in (0, 1], got {ratio}"
+
+    # Without its sidecar our own beton still loads, unchecked, named by the val sidecar.
+    bare = _copy(good, tmp_path / "a", with_sidecar=False)
+    assert FFCVDataModule(bare, good, **TINY).classes == read_beton_info(good)["classes"]
 
     renamed = _copy(good, tmp_path / "g")
     info = json.loads(sidecar_path(renamed).read_text())
@@ -329,3 +332,101 @@ def test_data_configs_build_the_datamodules(beton_varied_written):
             dm = parser.instantiate(config).data
             assert (dm.num_classes, dm.image_size) == (3, 224), name
             assert (dm.val_image_size, dm.val_crop_ratio) == val, (name, extra)
+
+
+# -- betons written elsewhere (ffcv-imagenet's write_imagenet.py), without our sidecar ----------
+UNCHECKED = "is not checked against one"
+
+
+def _notes(capfd) -> list[str]:
+    return [line for line in capfd.readouterr().err.splitlines() if UNCHECKED in line]
+
+
+def test_foreign_betons_train_and_validate_from_their_labels(ffcv_foreign_betons, capfd):
+    from resnext_lit.module import ResNeXtModule
+
+    foreign = ffcv_foreign_betons
+    train, val = foreign["train"], foreign["val"]
+    assert train.suffix == ".ffcv" and not sidecar_path(train).exists()
+    capfd.readouterr()
+    dm = FFCVDataModule(train, val, **TINY)
+    notes = _notes(capfd)
+    assert len(notes) == 2 and str(train) in notes[0] and str(val) in notes[1]
+    assert "\n" not in notes[0] and "--adopt" in notes[0]
+    # Classes from the labels: 4 in train, named by index; val has only 0-2 and follows train.
+    assert dm.num_classes == 4 and dm.classes == ["0", "1", "2", "3"]
+    assert dm.class_counts == [10] * 4 and (dm.num_train, dm.num_val) == (40, 15)
+
+    means, labels = collect(dm.val_dataloader())
+    assert labels.tolist() == foreign["val_labels"]  # every record once, in order
+    assert (means - torch.tensor(foreign["val_colours"]).float()).abs().max() < COLOUR_TOLERANCE
+    images, labels = next(iter(dm.train_dataloader()))
+    assert tuple(images.shape) == (32, 3, 48, 48) and set(labels.tolist()) <= {0, 1, 2, 3}
+
+    # Names, given; one line per file (train twice here), and too few names for the labels.
+    names = ["tench", "goldfish", "shark", "ray"]
+    assert FFCVDataModule(train, train, **TINY, classes=names).classes == names
+    assert len(_notes(capfd)) == 1
+    with pytest.raises(ValueError, match=r"has labels 0\.\.3, outside the 3 classes given"):
+        FFCVDataModule(train, val, **TINY, classes=names[:3])
+    # num_classes from the labels is what the model is checked against.
+    model = ResNeXtModule(arch="resnext50_32x4d", cardinality=2, bottleneck_width=2, num_classes=5)
+    with pytest.raises(ValueError, match="num_classes=5 but the data has 4 classes"):
+        _trainer(1).fit(model, dm)
+
+
+def test_adopt_writes_a_sidecar_that_the_checked_path_then_uses(ffcv_foreign_betons, tmp_path,
+                                                                 capfd):
+    from resnext_lit.cli import main as cli
+
+    train = _copy(ffcv_foreign_betons["train"], tmp_path, with_sidecar=False)
+    val = _copy(ffcv_foreign_betons["val"], tmp_path, with_sidecar=False)
+    names = tmp_path / "LOC_synset_mapping.txt"  # ImageNet's: WNID first, then the words
+    names.write_text("n01440764 tench\nn01443537 goldfish\nn01484850 shark\nn01491361 ray\n")
+    assert cli(["write-beton", "--adopt", str(train), str(val), "--classes", str(names)]) == 0
+    assert capfd.readouterr().out.count("adopted") == 2
+    info = read_beton_info(train)
+    assert info["classes"][0] == "n01440764" and info["class_counts"] == [10] * 4
+    assert info["num_records"] == 40 and info["write"]["max_side"] == 56
+    assert read_beton_info(val)["class_counts"] == [5, 5, 5, 0]
+
+    dm = FFCVDataModule(train, val, **TINY)  # the checked path: sidecars, no note
+    assert not _notes(capfd) and dm.classes == info["classes"]
+    assert cli(["write-beton", "--adopt", str(train)]) == 0  # again: checked, left as is
+    assert "left as is" in capfd.readouterr().out
+
+    data = bytearray(train.read_bytes())
+    data[-100] ^= 0xFF  # the sidecar's checks now apply: a changed file is caught
+    train.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="fingerprint"):
+        FFCVDataModule(train, val, **TINY)
+    assert cli(["write-beton", "--adopt", str(train)]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "remove" in err, err
+
+
+def test_foreign_betons_of_other_fields_or_truncated_fail_in_one_line(ffcv_foreign_betons,
+                                                                       tmp_path, capfd):
+    from ffcv.fields import FloatField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    from resnext_lit.cli import main as cli
+
+    other = tmp_path / "regression.ffcv"
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    DatasetWriter(str(other), {"image": RGBImageField(), "label": FloatField()},
+                  num_workers=1).from_indexed_dataset([(pixels, 0.5)] * 3)
+    good = ffcv_foreign_betons["train"]
+    cut = tmp_path / "cut.ffcv"
+    cut.write_bytes(good.read_bytes()[:-1000])
+    for path, culprit in ((other, "has fields image: RGBImageField, label: FloatField; "
+                                  "expected image: RGBImageField, label: IntField"),
+                          (cut, "truncated")):
+        with pytest.raises(ValueError) as err:
+            FFCVDataModule(good, path, **TINY)
+        assert str(path) in str(err.value) and culprit in str(err.value), str(err.value)
+        assert "\n" not in str(err.value)
+        assert cli(["write-beton", "--adopt", str(path)]) == 2
+        line = capfd.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("error: ") and str(path) in line and culprit in line, line
+        assert not sidecar_path(path).exists()

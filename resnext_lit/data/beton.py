@@ -3,6 +3,9 @@
     python -m resnext_lit write-beton --train ~/imagenet/train --val ~/imagenet/val \
         --val-labels ~/imagenet/LOC_val_solution.csv --out ~/betons
     # -> ~/betons/train.beton, ~/betons/val.beton, each with a .json sidecar and a .skipped.tsv
+    python -m resnext_lit write-beton --train ~/imagenet/train --out ~/trial --per-class 10
+    python -m resnext_lit write-beton --adopt ~/ffcv/train_500_0.50_90.ffcv \
+        ~/ffcv/val_500_0.50_90.ffcv --classes ~/imagenet/LOC_synset_mapping.txt
 
     from resnext_lit.data.beton import write_beton           # the same from Python
     write_beton("digits/train", "betons/train.beton", max_side=64)
@@ -11,26 +14,36 @@ Records are (image: RGBImageField, label: IntField), in ImageFolder order (class
 sorted). Defaults are ffcv-imagenet's: longer side at most 500 px, `proportion` mode storing 50%
 of the images as JPEG at quality 90 and the rest raw. The val split takes the train split's
 class indices, from an ImageFolder tree or ImageNet's flat layout (see `imagenet_val`).
+`--per-class N` writes the first N decodable images of each class (listing order) of every
+split: a quick trial of the whole pipeline.
 
 Every file is decoded once in a parallel scan first: truncated, zero-byte and undecodable files
 are skipped and listed (path, reason) in `<beton>.skipped.tsv` and in the summary; CMYK,
 grayscale, palette, RGBA and PNG-named-.jpg files become RGB. Skips do not fail the write (exit
 status 0, printed, counted in the sidecar) because one bad file should not cost an hour of
-ImageNet writing; `--strict` makes any skip fatal (exit status 1, no .beton). A failed write (full
-disk, I/O error) exits with status 1 and the worker's error as one line. Bad arguments exit
-with status 2 and one line. The .beton is written as `<beton>.partial` and renamed only when
+ImageNet writing; `--strict` makes any skip fatal (exit status 1, no .beton). After the scans
+of all splits and before any write, the output size is estimated (`workers.estimate_size`) and
+printed with the free disk ("estimated 142.0 GB for train, 6.4 GB for val (free: 210.3 GB)");
+too little free disk is a bad argument (below). A failed write (full disk, I/O error) exits
+with status 1 and the worker's error as one line. Bad arguments exit with status 2 and one
+line. The .beton is written as `<beton>.partial` and renamed only when
 complete, so Ctrl-C, a crash or a full disk never leave a file under the final name; a rerun
 replaces the stale partial file.
+
+`--adopt BETON...` writes our sidecar for betons written elsewhere (ffcv-imagenet's
+`write_imagenet.py`), from their metadata table, so `FFCVDataModule` checks them from then on;
+a beton that already has a sidecar is checked against it and left as is (exit status 0), one
+whose sidecar does not match it is an error (remove the sidecar to adopt the file anew).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,8 +52,9 @@ import numpy as np
 from .images import list_classes, list_image_folder
 from .imagenet_val import flat_val_samples, read_val_labels
 from ..atomic import write_json_atomic
-from .sidecar import FIELDS, SIDECAR_FORMAT, fingerprint, sidecar_path
-from .workers import BetonRecords, WriteFailed, check_free_space, ffcv_write, page_size, scan
+from .sidecar import FIELDS, SIDECAR_FORMAT, adopt, fingerprint, resolve_classes, sidecar_path
+from .workers import (BetonRecords, Scanned, WriteFailed, estimate_size, ffcv_write, page_size,
+                      scan)
 
 DEFAULT_MAX_SIDE = 500  # ffcv-imagenet's max_res
 DEFAULT_WRITE_MODE = "proportion"
@@ -92,6 +106,19 @@ class WriteResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     class_counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    estimated_bytes: int = 0  # `estimate_size` before the write
+
+
+@dataclass
+class ScannedSplit:
+    """One split between the scan and the write: the records to write and their size."""
+
+    split: str
+    beton: Path
+    classes: list[str]
+    source: Path
+    found: Scanned
+    estimated_bytes: int
 
 
 def _check_workers(workers: int | None) -> int:
@@ -102,19 +129,12 @@ def _check_workers(workers: int | None) -> int:
 
 
 def _resolve_classes(classes, source: Path) -> list[str]:
-    if classes is None:
-        return list_classes(source)
-    if isinstance(classes, (list, tuple)):
-        return list(classes)
-    path = Path(classes).expanduser()
-    if path.is_dir():
-        return list_classes(path)
-    if path.is_file() and path.suffix == ".json":
-        try:
-            return list(json.loads(path.read_text())["classes"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path} is not a beton sidecar with a class list ({err})") from None
-    raise ValueError(f"classes {path}: expected a train ImageFolder or a train .beton.json sidecar")
+    return list_classes(source) if classes is None else resolve_classes(classes)
+
+
+def _check_per_class(per_class: int | None) -> None:
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
 
 
 def _plan(source, classes, val_labels, synsets):
@@ -151,17 +171,23 @@ def write_beton(source, out, *, classes=None, val_labels=None, synsets=None,
                 compress_probability: float = DEFAULT_COMPRESS_PROBABILITY,
                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, seed: int = 0,
                 workers: int | None = None, strict: bool = False, progress: bool = True,
-                split: str | None = None) -> WriteResult:
+                split: str | None = None, per_class: int | None = None) -> WriteResult:
     """Write one split to `out` (a .beton path) with its sidecar and skip report.
 
     `classes`: the class names (list), a train ImageFolder or a train sidecar; default: the
     sorted sub-folders of `source`. `val_labels` (+ `synsets`): read `source` as ImageNet's flat
-    validation layout. Raises ValueError for bad input, StrictSkipError under `strict`.
+    validation layout. `per_class`: only the first that many decodable images of each class.
+    Raises ValueError for bad input or too little free disk, StrictSkipError under `strict`.
     """
     options = WriteOptions(max_side, write_mode, compress_probability, jpeg_quality, seed)
     workers = _check_workers(workers)
+    _check_per_class(per_class)
     plan = _plan(source, classes, val_labels, synsets)
-    return _write_planned(plan, Path(out).expanduser(), options, workers, strict, progress, split)
+    beton = Path(out).expanduser()
+    scanned = _scan_planned(plan, beton, options, workers, strict, progress,
+                            split or beton.stem, per_class)
+    _check_disk([scanned])
+    return _write_scanned(scanned, options, workers, progress, per_class)
 
 
 def _write_report(beton: Path, skipped) -> Path:
@@ -174,24 +200,79 @@ def _write_report(beton: Path, skipped) -> Path:
     return report
 
 
-def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, strict: bool,
-                   progress: bool, split: str | None = None) -> WriteResult:
+def _scan_first_per_class(samples, per_class: int, scan_some) -> Scanned:
+    """The first `per_class` decodable samples of each class, in listing order: scan that many,
+    then as many more of a class as were skipped, until each class has them or runs out."""
+    queues = defaultdict(deque)
+    for sample in samples:
+        queues[sample[1]].append(sample)
+    wanted = dict.fromkeys(queues, per_class)
+    found = Scanned()
+    while batch := [queue.popleft() for label, queue in queues.items()
+                    for _ in range(min(wanted[label], len(queue)))]:
+        more = scan_some(batch)
+        for _, label in more.good:
+            wanted[label] -= 1
+        found.add(more)
+    position = {path: i for i, (path, _) in enumerate(samples)}
+    found.good.sort(key=lambda sample: position[sample[0]])
+    return found
+
+
+def _scan_planned(plan, beton: Path, options: WriteOptions, workers: int, strict: bool,
+                  progress: bool, split: str, per_class: int | None = None) -> ScannedSplit:
+    """Decode every planned file once (see `workers.scan`) and estimate the .beton's size."""
+    samples, classes, skipped, source = plan
+    _check_output(beton)
+    quality = options.jpeg_quality if options.jpeg_share else None  # JPEG sample: only if used
+
+    def scan_some(some):
+        return scan(some, options.max_side, workers, progress, split, quality)
+
+    found = _scan_first_per_class(samples, per_class, scan_some) if per_class else \
+        scan_some(samples)
+    found.skipped = skipped + found.skipped
+    if strict and found.skipped:
+        _write_report(beton, found.skipped)
+        raise StrictSkipError(f"{split}: {len(found.skipped)} files skipped and --strict is "
+                              f"set; nothing written (see {beton}{REPORT_SUFFIX})")
+    if not found.good:
+        raise ValueError(f"{split}: no decodable image in {source}")
+    estimate = estimate_size(found, options.jpeg_share, workers, page_size(options.max_side))
+    return ScannedSplit(split, beton, classes, source, found, estimate)
+
+
+def _human(size: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 1e3:.1f} kB"
+
+
+def _check_disk(splits: list[ScannedSplit]) -> str:
+    """The line "estimated <size> for <split>, ... (free: <size>)", or a ValueError if the free
+    space of their folder (plus any stale .partial file, which the write replaces) is short of
+    the estimate. No margin: the estimate counts FFCV's page overheads, and a write that still
+    runs out fails cleanly (exit status 1, nothing under the final name)."""
+    folder = splits[0].beton.parent
+    stale = [Path(str(s.beton) + PARTIAL_SUFFIX) for s in splits]
+    free = shutil.disk_usage(folder).free + sum(p.stat().st_size for p in stale if p.is_file())
+    needed = sum(s.estimated_bytes for s in splits)
+    each = ", ".join(f"{_human(s.estimated_bytes)} for {s.split}" for s in splits)
+    if free < needed:
+        raise ValueError(f"not enough free disk in {folder}: estimated {each}, "
+                         f"{_human(free)} free; nothing written")
+    return f"estimated {each} (free: {_human(free)})"
+
+
+def _write_scanned(scanned: ScannedSplit, options: WriteOptions, workers: int, progress: bool,
+                   per_class: int | None = None) -> WriteResult:
     from ffcv.fields import IntField, RGBImageField
 
     start = time.perf_counter()
-    samples, classes, skipped, source = plan
-    split = split or beton.stem
-    _check_output(beton)
-    good, bad, raw_bytes = scan(samples, options.max_side, workers, progress, split)
-    skipped = skipped + bad
-    if strict and skipped:
-        _write_report(beton, skipped)
-        raise StrictSkipError(f"{split}: {len(skipped)} files skipped and --strict is set; "
-                              f"nothing written (see {beton}{REPORT_SUFFIX})")
-    if not good:
-        raise ValueError(f"{split}: no decodable image in {source}")
+    beton, good, skipped, classes = (scanned.beton, scanned.found.good, scanned.found.skipped,
+                                     scanned.classes)
     page = page_size(options.max_side)
-    check_free_space(beton, raw_bytes, options.jpeg_share, workers, page)
     fields = {"image": RGBImageField(write_mode=options.write_mode,
                                      max_resolution=options.max_side,
                                      jpeg_quality=options.jpeg_quality,
@@ -202,10 +283,11 @@ def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, stric
     partial_path.unlink(missing_ok=True)  # new inode: orphans of a killed run write elsewhere
     try:
         ffcv_write(partial_path, BetonRecords(good, options.max_side, options.seed), workers,
-                   fields, page, progress)
+                   fields, page, progress, scanned.split)
         counts = np.bincount([label for _, label in good], minlength=len(classes)).tolist()
-        info = {"format": SIDECAR_FORMAT, "split": split, "source": str(source.resolve()),
-                "classes": classes, "class_counts": counts, "num_records": len(good),
+        info = {"format": SIDECAR_FORMAT, "split": scanned.split,
+                "source": str(scanned.source.resolve()), "classes": classes,
+                "class_counts": counts, "num_records": len(good), "per_class": per_class,
                 "skipped": len(skipped), "report": beton.name + REPORT_SUFFIX,
                 "write": asdict(options), "file_size": partial_path.stat().st_size,
                 "fingerprint": fingerprint(partial_path),
@@ -215,7 +297,8 @@ def _write_planned(plan, beton: Path, options: WriteOptions, workers: int, stric
         write_json_atomic(sidecar_path(beton), info)
     finally:
         partial_path.unlink(missing_ok=True)
-    return WriteResult(beton, len(good), skipped, counts, time.perf_counter() - start)
+    return WriteResult(beton, len(good), skipped, counts, time.perf_counter() - start,
+                       scanned.estimated_bytes)
 
 
 def _summary(result: WriteResult, classes: list[str]) -> str:
@@ -235,7 +318,8 @@ def _summary(result: WriteResult, classes: list[str]) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m resnext_lit write-beton",
-        description="ImageFolder trees -> FFCV .beton files (+ .json sidecars, skip reports).",
+        description="ImageFolder trees -> FFCV .beton files (+ .json sidecars, skip reports); "
+                    "--adopt: a sidecar for a beton written elsewhere (ffcv-imagenet).",
         epilog="exit status: 0 written (skipped files are listed, not fatal), 1 files skipped "
                "under --strict or the write failed (full disk, I/O error), 2 bad arguments, 130 "
                "interrupted; never a half-written .beton")
@@ -244,8 +328,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-labels",
                    help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
     p.add_argument("--synsets", help="devkit meta.mat, or one WNID per line in ILSVRC2012_ID order")
-    p.add_argument("--classes", help="for --val without --train: the train folder or train sidecar")
-    p.add_argument("--out", required=True, help="output folder for <split>.beton")
+    p.add_argument("--classes", help="for --val without --train, or --adopt: the train folder, "
+                   "train sidecar, or a text file of names (LOC_synset_mapping.txt)")
+    p.add_argument("--out", help="output folder for <split>.beton (needed with --train/--val)")
+    p.add_argument("--adopt", nargs="+", metavar="BETON",
+                   help="write our sidecar for existing betons (classes named by index unless "
+                        "--classes); one that has a sidecar is checked and left as is")
+    p.add_argument("--per-class", type=int, default=None, metavar="N",
+                   help="only the first N decodable images of each class, train and val "
+                        "(a quick trial)")
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longer side cap in px (default %(default)s)")
     p.add_argument("--write-mode", default=DEFAULT_WRITE_MODE, choices=WRITE_MODES,
                    help="JPEG or raw pixels per record (default %(default)s)")
@@ -263,14 +354,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.adopt:
+        if args.train or args.val or args.out:
+            raise ValueError("--adopt writes sidecars for existing betons: it takes no --train, "
+                             "--val or --out")
+        print("\n".join(adopt(args.adopt, args.classes)))
+        return 0
     if not (args.train or args.val):
-        raise ValueError("nothing to write: pass --train and/or --val")
+        raise ValueError("nothing to write: pass --train and/or --val (or --adopt BETON)")
+    if not args.out:
+        raise ValueError("--out is needed: the folder for train.beton and val.beton")
     if args.val_labels and not args.val:
         raise ValueError("--val-labels needs --val (the flat validation folder)")
     out = Path(args.out).expanduser()
     options = WriteOptions(args.max_side, args.write_mode, args.compress_probability,
                            args.jpeg_quality, args.seed)
     workers = _check_workers(args.workers)
+    _check_per_class(args.per_class)
+    progress = not args.no_progress
     beton, created = None, _first_missing(out)
     try:
         # Plan every split before writing any, so a bad val argument fails in seconds, not hours.
@@ -280,11 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.val:
             classes = plans[0][1][1] if plans else args.classes
             plans.append(("val", _plan(args.val, classes, args.val_labels, args.synsets)))
-        for split, plan in plans:
-            beton = out / f"{split}.beton"
-            result = _write_planned(plan, beton, options, workers, args.strict,
-                                    not args.no_progress, split)
-            print(_summary(result, plan[1]))
+        scanned = [_scan_planned(plan, out / f"{split}.beton", options, workers, args.strict,
+                                 progress, split, args.per_class) for split, plan in plans]
+        print(_check_disk(scanned))  # before any write: hours of writing must not run out
+        for split in scanned:
+            beton = split.beton
+            result = _write_scanned(split, options, workers, progress, args.per_class)
+            print(_summary(result, split.classes))
     except StrictSkipError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED

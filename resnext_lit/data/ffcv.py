@@ -6,6 +6,12 @@
     dm = FFCVDataModule("betons/train.beton", "betons/val.beton", batch_size=256, num_workers=8)
     dm.num_classes                      # from the writer's sidecar, checked against the file
 
+Betons written elsewhere (ffcv-imagenet's `write_imagenet.py`: FFCV's writer with an `image`
+RGBImageField and a `label` IntField, e.g. train_500_0.50_90.ffcv) load without a sidecar: the
+classes are their labels 0..max (named by index, or by `classes`), read from FFCV's metadata
+table, and one line on stderr says the file is not checked against a sidecar
+(`python -m resnext_lit write-beton --adopt FILE` writes one; see `sidecar`).
+
 Train: FFCV's RandomResizedCropRGBImageDecoder (Inception crop: 8%-100% of the area, aspect
 3/4-4/3, as the paper's Sec. 4 via Szegedy et al.) at `res`, then a random horizontal flip. Val:
 the center square of side `val_crop_ratio` x the shorter side, resized to `val_res` (default
@@ -27,6 +33,8 @@ place shorter here so the two batches Lightning holds at a time are never refill
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from queue import Queue
 from typing import Literal
 
@@ -40,10 +48,11 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import Callback, LightningDataModule
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
 from .shards import clip_workers, rank_and_world, rank_slice, usable_cores
-from .sidecar import read_beton_info
+from .sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 
 RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
 MIN_BATCHES_AHEAD = 2  # one batch queued while Lightning holds two (`_HeldBatchesIterator`)
@@ -111,7 +120,9 @@ class FFCVDataModule(LightningDataModule):
     """Train and val .beton files written by `python -m resnext_lit write-beton`.
 
     Args:
-        train_path, val_path: the .beton files; each needs its `.json` sidecar next to it.
+        train_path, val_path: the .beton files (any extension). With its `.json` sidecar a
+            file is checked against it; without one it needs FFCV's image/label fields, and
+            is only checked for its layout.
         batch_size: images per process per step (derived from the recipe's global batch by
             the CLI); val_batch_size defaults to it.
         res: train resolution (`image_size`); `ProgressiveResizing` overrides it per epoch.
@@ -129,6 +140,10 @@ class FFCVDataModule(LightningDataModule):
         batches_ahead: batch buffers FFCV fills in advance (>= 2; one of them is the batch
             Lightning prefetches, so `batches_ahead - 1` wait in FFCV's queue).
         seed: shuffling seed; epoch e uses seed and e, so every epoch reshuffles reproducibly.
+        classes: class names (a list, a train ImageFolder, a sidecar, or a text file with one
+            name first on each line, as ImageNet's LOC_synset_mapping.txt) for betons without a
+            sidecar; default their label indices "0".."N-1", N = the largest label + 1 of
+            either split. A sidecar's own list must agree with it.
     """
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # linked into the model, which normalises
@@ -139,7 +154,8 @@ class FFCVDataModule(LightningDataModule):
                  crop_scale: tuple[float, float] = INCEPTION_SCALE,
                  flip: bool = True, num_workers: PositiveInt = 8,
                  order: Literal["random", "quasi_random"] = "random", os_cache: bool = True,
-                 batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0):
+                 batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0,
+                 classes: list[str] | str | None = None):
         super().__init__()
         for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
                             ("val_batch_size", val_batch_size or 1),
@@ -159,13 +175,14 @@ class FFCVDataModule(LightningDataModule):
             raise ValueError("data.order=quasi_random needs data.os_cache=false "
                              "(FFCV plans its reads over its own page cache)")
         self.save_hyperparameters()
-        train_info, val_info = read_beton_info(train_path), read_beton_info(val_path)
+        train_info, val_info = _split_infos(train_path, val_path, classes)
         if val_info["classes"] != train_info["classes"]:
             raise ValueError(f"{val_path} was written with other classes than {train_path} "
                              f"({len(val_info['classes'])} vs {len(train_info['classes'])}); "
                              "write val with --train or --classes pointing at the train split")
         self.num_classes: int = len(train_info["classes"])
         self.classes: list[str] = train_info["classes"]
+        self.class_counts: list[int] = train_info["class_counts"]  # train images per class
         self.num_train, self.num_val = train_info["num_records"], val_info["num_records"]
         self.image_size: int = res
         self.val_image_size: int = val_res
@@ -223,6 +240,38 @@ class FFCVDataModule(LightningDataModule):
                                 **self._common())
 
     test_dataloader = val_dataloader
+
+
+def _split_infos(train_path, val_path, classes) -> tuple[dict, dict]:
+    """(train, val) info: from the sidecar where there is one, else from the file's labels,
+    named by `classes`, else by a sidecar of the other split, else by index (the longer list:
+    one split may lack the last classes). Prints the unchecked line once per file."""
+    paths = (Path(train_path).expanduser(), Path(val_path).expanduser())
+    checked = [read_beton_info(p) if sidecar_path(p).is_file() else None for p in paths]
+    if classes is not None:
+        names = resolve_classes(classes)
+        for path, info in zip(paths, checked):
+            if info is not None and info["classes"] != names:
+                raise ValueError(f"data.classes ({len(names)} names) differs from the classes "
+                                 f"in the sidecar of {path} ({len(info['classes'])})")
+    else:
+        names = next((info["classes"] for info in checked if info is not None), None)
+    infos = [info or read_unchecked_info(p, names) for p, info in zip(paths, checked)]
+    if names is None:
+        count = max(len(info["classes"]) for info in infos)
+        for info in infos:
+            info["class_counts"] += [0] * (count - len(info["classes"]))
+            info["classes"] = [str(i) for i in range(count)]
+    for path in dict.fromkeys(p for p, info in zip(paths, checked) if info is None):
+        _note_unchecked(path)
+    return infos[0], infos[1]
+
+
+@rank_zero_only  # every DDP process builds the DataModule: one line per file, not per GPU
+def _note_unchecked(path: Path) -> None:
+    print(f"note: {path} has no sidecar, so it is not checked against one; classes from its "
+          f"labels (`python -m resnext_lit write-beton --adopt {path}` writes a sidecar)",
+          file=sys.stderr)
 
 
 # ffcv-imagenet's ResNet-50 ramps (rn50_configs/rn50_<epochs>_epochs.yaml): epochs -> (start, end).

@@ -1,8 +1,10 @@
 """The processes behind `write-beton`: a parallel decoding scan, and FFCV's writer in a child
 process of its own.
 
-    from resnext_lit.data.workers import scan, ffcv_write
-    good, skipped, raw_bytes = scan(samples, max_side=500, workers=8, progress=True, desc="train")
+    from resnext_lit.data.workers import scan, ffcv_write, estimate_size
+    found = scan(samples, max_side=500, workers=8, progress=True, desc="train", jpeg_quality=90)
+    found.good, found.skipped                  # [(path, label)], [(path, reason)]
+    estimate_size(found, jpeg_share=0.5, workers=8, page=page_size(500))   # bytes of the .beton
 
 FFCV's `DatasetWriter` waits forever for a worker that died (a full disk, an I/O error), and an
 interrupt landing inside it can be swallowed (a bare `except:`) or leave its queues hanging the
@@ -14,6 +16,7 @@ process, whose FFCV workers die with it, and a dead worker's error comes back as
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing
 import os
 import shutil
@@ -23,17 +26,21 @@ import tempfile
 import threading
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
+from ffcv.fields import IntField, RGBImageField
+from ffcv.fields.rgb_image import encode_jpeg
+from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_metadata_type
 from tqdm import tqdm
 
 from .images import BadImage, load_rgb
 
 FFCV_DEFAULT_PAGE = 8 << 20  # DatasetWriter's default page; pages must hold the largest record
-JPEG_BYTES_PER_RAW_BYTE = 0.25  # generous for quality 90: only sizes the free-space check
+JPEG_SAMPLE_EVERY = 16  # the scan JPEG-encodes every 16th image to measure the JPEG/raw ratio
 SCAN_CHUNK, WRITE_CHUNK = 64, 100  # files per task handed to a worker
 WATCHDOG_PERIOD_S = 0.05
 STOP_GRACE_S = 10  # for the writer process to stop its workers before it is killed
@@ -74,28 +81,56 @@ def _on_fork() -> None:
 os.register_at_fork(after_in_child=_on_fork)
 
 
-def _probe(path: str, max_side: int) -> tuple[str | None, int]:
+def _probe(task: tuple[int, str], max_side: int, jpeg_quality: int | None):
+    """(reason or None, raw bytes, JPEG bytes or 0) of one file: JPEG only for a sample."""
+    index, path = task
     try:
-        return None, load_rgb(path, max_side).nbytes
+        rgb = load_rgb(path, max_side)
     except BadImage as err:
-        return str(err), 0
+        return str(err), 0, 0
+    if jpeg_quality is None or index % JPEG_SAMPLE_EVERY:
+        return None, rgb.nbytes, 0
+    return None, rgb.nbytes, encode_jpeg(rgb, jpeg_quality).nbytes  # FFCV's own encoder
 
 
-def scan(samples, max_side, workers, progress, desc):
-    """Decode every file once, in parallel: (good samples, skipped (path, reason), raw bytes)."""
-    good, skipped, raw_bytes = [], [], 0
+@dataclass
+class Scanned:
+    """What a scan found: the decodable samples, the skipped (path, reason), the bytes of the
+    good images as raw pixels (h x w x 3 after the max-side resize), and a JPEG sample."""
+
+    good: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    raw_bytes: int = 0
+    sample_raw_bytes: int = 0  # of the images JPEG-encoded in the scan ...
+    sample_jpeg_bytes: int = 0  # ... and their size as JPEG at the write's quality
+
+    def add(self, other: "Scanned") -> None:
+        self.good += other.good
+        self.skipped += other.skipped
+        self.raw_bytes += other.raw_bytes
+        self.sample_raw_bytes += other.sample_raw_bytes
+        self.sample_jpeg_bytes += other.sample_jpeg_bytes
+
+
+def scan(samples, max_side, workers, progress, desc, jpeg_quality: int | None = None) -> Scanned:
+    """Decode every file once, in parallel; with `jpeg_quality`, also JPEG-encode every
+    `JPEG_SAMPLE_EVERY`-th one (about 1/16 more work) so the output size can be estimated."""
+    found = Scanned()
     with multiprocessing.get_context("fork").Pool(workers, initializer=quiet_worker) as pool:
-        results = pool.imap(partial(_probe, max_side=max_side), [p for p, _ in samples],
-                            chunksize=SCAN_CHUNK)
+        results = pool.imap(partial(_probe, max_side=max_side, jpeg_quality=jpeg_quality),
+                            enumerate(path for path, _ in samples), chunksize=SCAN_CHUNK)
         bar = tqdm(results, total=len(samples), desc=f"scan {desc}", disable=not progress,
                    unit="img")
-        for (reason, nbytes), (path, label) in zip(bar, samples):  # bar first: it sees the end
+        for (reason, nbytes, jpeg_bytes), (path, label) in zip(bar, samples):  # bar first
             if reason is None:
-                good.append((path, label))
-                raw_bytes += nbytes
+                found.good.append((path, label))
+                found.raw_bytes += nbytes
+                if jpeg_bytes:
+                    found.sample_raw_bytes += nbytes
+                    found.sample_jpeg_bytes += jpeg_bytes
             else:
-                skipped.append((path, reason))
-    return good, skipped, raw_bytes
+                found.skipped.append((path, reason))
+    return found
 
 
 class BetonRecords:
@@ -151,12 +186,27 @@ def page_size(max_side: int) -> int:
     return page
 
 
-def check_free_space(beton: Path, raw_bytes: int, jpeg_share: float, workers: int, page: int):
-    needed = raw_bytes * (1 - jpeg_share + jpeg_share * JPEG_BYTES_PER_RAW_BYTE) + workers * page
-    free = shutil.disk_usage(beton.parent).free
-    if free < needed:
-        raise ValueError(f"{beton.parent} has {free / 1e9:.1f} GB free; {beton.name} needs "
-                         f"about {needed / 1e9:.1f} GB")
+def estimate_size(found: Scanned, jpeg_share: float, workers: int, page: int) -> int:
+    """Bytes of the .beton FFCV will write for the good images of `found`, from its layout
+    (ffcv/writer.py, ffcv/memory_allocator.py):
+    - header, field descriptors and one metadata row per record, padded to a whole page;
+    - each image: raw, h x w x 3 bytes after the max-side resize (exact, from the scan); JPEG,
+      that times the JPEG/raw ratio of the scan's sample (FFCV's encoder at the write's
+      quality; 1 if nothing was sampled); `jpeg_share` of the images as JPEG, the rest raw;
+    - pages: each worker fills pages of its own and starts the next when a record does not
+      fit, losing about half a record per page, and its last page is about half empty;
+    - the allocation table, one row per record.
+    Within a few % for raw; for JPEG as good as the sample (the tests allow 2x)."""
+    records = len(found.good)
+    # No sample (its images were all skipped): assume JPEG saves nothing, an upper bound.
+    ratio = found.sample_jpeg_bytes / found.sample_raw_bytes if found.sample_raw_bytes else 1.0
+    data = found.raw_bytes * (1 - jpeg_share + jpeg_share * ratio)
+    metadata = get_metadata_type([RGBImageField(), IntField()]).itemsize * records
+    head_pages = math.ceil((HeaderType.itemsize + 2 * FieldDescType.itemsize + metadata) / page)
+    per_page = page - data / max(records, 1) / 2
+    writing = min(workers, math.ceil(records / WRITE_CHUNK))  # FFCV hands out WRITE_CHUNK a task
+    pages = head_pages + data / per_page + writing / 2
+    return int(pages * page + records * ALLOC_TABLE_TYPE.itemsize)
 
 
 def _last_error(log: Path) -> str | None:
@@ -198,7 +248,7 @@ class _Stop:
 
 
 def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fields: dict,
-                    page: int, progress: bool, log_dir: str, go, parent: int) -> None:
+                    page: int, progress: bool, desc: str, log_dir: str, go, parent: int) -> None:
     """The child: FFCV's DatasetWriter and its workers. Exits 0 written, 1 failed (the reason in
     `log_dir/failure`), 143 stopped by the parent."""
     import ffcv.writer
@@ -223,7 +273,8 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
     terminal, sys.stderr = sys.stderr, open(Path(log_dir) / "writer.log", "w", buffering=1)
     bars = []  # FFCV draws its bar with no switch: ours obeys --no-progress, on the terminal
 
-    def bar(*args, **kwargs):
+    def bar(*args, **kwargs):  # FFCV passes total=the record count, so tqdm shows an ETA
+        kwargs = {"desc": f"write {desc}", "unit": "img", **kwargs}
         bars.append(tqdm(*args, disable=not progress, file=terminal, **kwargs))
         return bars[-1]
 
@@ -255,14 +306,14 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
 
 
 def ffcv_write(partial_path: Path, records: BetonRecords, workers: int, fields: dict, page: int,
-               progress: bool = True) -> None:
+               progress: bool = True, desc: str = "beton") -> None:
     """Write `records` to `partial_path` in a writer process; raise `WriteFailed` with one line
     if it fails, and stop it (and its workers) on Ctrl-C or any other exception here."""
     log_dir = tempfile.mkdtemp(prefix="resnext_lit_writer_")
     context = multiprocessing.get_context("fork")
     go = context.Event()
     child = context.Process(target=_writer_process, name="beton-writer", args=(
-        partial_path, records, workers, fields, page, progress, log_dir, go, os.getpid()))
+        partial_path, records, workers, fields, page, progress, desc, log_dir, go, os.getpid()))
     try:
         child.start()
         go.set()
