@@ -110,6 +110,12 @@ class ResNeXtCLI(LightningCLI):
             _resume_requeued_slurm_job(config)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             _continue_latest_version(config)
+        if config.get("ckpt_path") and config.model.get("weights"):
+            # The checkpoint's network is restored after the model is built: loading the file
+            # would be overwritten (and a resumed run must not need the file any more).
+            print(f"note: --ckpt_path restores the network; model.weights "
+                  f"{config.model.weights} is not loaded", file=sys.stderr)
+            config.model.weights = None
 
     def before_fit(self) -> None:
         from .scale import describe, run_scale
