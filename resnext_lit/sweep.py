@@ -3,6 +3,7 @@
     python -m resnext_lit sweep sweeps/demo_cardinality.yaml              # every grid point
     python -m resnext_lit sweep sweeps/table3_resnext50.yaml --dry-run    # print the commands
     python -m resnext_lit sweep sweeps/table7_cifar.yaml --count 4        # 4 runs, then stop
+    python -m resnext_lit sweep sweeps/table7_cifar.yaml --parallel 8     # 8 at once, 1 GPU each
     python -m resnext_lit table --runs runs/sweeps/demo-cardinality --out tables/demo
 
 For machines with no W&B server or no network on the compute nodes. The grid comes from W&B's
@@ -13,6 +14,9 @@ own sweep engine (`sweeps`), and each run is launched as `wandb agent` launches 
 (rewritten atomically); a restarted sweep skips the runs that finished. Each run gets a folder
 there with its console output and its `results.json` (a link to the training's own record, or
 a record of the failure), so `table --runs <that folder>` reads exactly this sweep.
+
+`--parallel N` runs N grid points at once, each on its own slice of the GPUs; Ctrl-C stops
+them all. How runs are launched, share the machine and are stopped: `resnext_lit.runner`.
 """
 
 from __future__ import annotations
@@ -23,20 +27,21 @@ import json
 import os
 import re
 import shlex
-import subprocess
+import signal
 import sys
-import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 
 from .atomic import write_json_atomic
+from .runner import (STOP_TIMEOUT_S, gpu_slots, only_runner, run_all, sharing,
+                     visible_gpus)
 
 METHODS = ("grid", "random")  # bayes needs the server's model of past runs: use `wandb agent`
 AGENT_DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # as wandb's
 OUR_CLI = ["-m", "resnext_lit"]
-SYNC_LINE = re.compile(r"wandb sync (\S+?)`")
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -129,128 +134,59 @@ def run_folder_name(index: int, params: dict) -> str:
     return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", label)[:80]
 
 
-def find_records(runs_dir: Path, skip: Path) -> set[Path]:
-    """The training records under `runs_dir`, outside `skip` (the sweeps' own folders)."""
-    return {p.resolve() for p in runs_dir.rglob("results.json")
-            if skip not in p.parents and not p.is_symlink()}
-
-
-def launch(argv: list[str], run_dir: Path, env: dict) -> int:
-    """Run one training process; its console output goes to `run_dir/output.log`."""
-    with open(run_dir / "output.log", "w") as log:
-        log.write(f"$ {shlex.join(argv)}\n")
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # the child got the same SIGINT: let it write its record
-            proc.wait()
-            raise
-
-
 def run_sweep(path: str, runs_dir: str = "runs", count: int | None = None, dry_run: bool = False,
-              online: bool = False, allow_any_command: bool = False) -> int:
+              online: bool = False, allow_any_command: bool = False, parallel: int = 1,
+              devices_per_run: int | None = None, stop_timeout: float = STOP_TIMEOUT_S) -> int:
     config = load_sweep(path)
     name = str(config.get("name") or Path(path).stem)
     root = Path(runs_dir)
     sweep_dir = root / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     state_path = sweep_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"runs": {}}
-    state.update(sweep=str(path), name=name, config=config)
-    if config["method"] == "random":  # the points drawn before, plus new ones up to --count
-        points = [r["params"] for r in state["runs"].values()]
-        unfinished = sum(r["status"] != "finished" for r in state["runs"].values())
-        if count and count > unfinished or not points:
-            points += grid_points(config, (count or 0) - unfinished)
-    else:
-        points = grid_points(config)
-    plan = {}
-    for i, params in enumerate(points, 1):
-        key = run_key(params)
-        entry = state["runs"].setdefault(key, {"folder": run_folder_name(i, params),
-                                               "params": params, "status": "pending"})
-        entry["argv"] = agent_argv(config, params, allow_any_command)
-        plan[key] = entry
-    plan = list(plan.values())
-    todo = [e for e in plan if e["status"] != "finished"][:count]
-    print(f"sweep {name}: {len(plan)} runs, "
-          f"{sum(e['status'] == 'finished' for e in plan)} finished, {len(todo)} to run now")
-    if dry_run:
-        for entry in plan:
-            mark = "skip (finished)" if entry["status"] == "finished" else (
-                "run" if entry in todo else "later")
-            print(f"  {entry['folder']}: {mark}\n    {shlex.join(entry['argv'])}")
-        return 0
-    env = dict(os.environ)
-    if not online:
-        env["WANDB_MODE"] = "offline"
-    failures = 0
-    for n, entry in enumerate(todo, 1):
-        run_dir = sweep_dir / entry["folder"]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "results.json").unlink(missing_ok=True)
-        before = find_records(root, root / "sweeps")
-        entry.update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     attempts=entry.get("attempts", 0) + 1)
-        write_json_atomic(state_path, state)
-        print(f"[{n}/{len(todo)}] {entry['folder']} ... ", end="", flush=True)
-        start = time.monotonic()
-        try:
-            code = launch(entry["argv"], run_dir, env)
-        except KeyboardInterrupt:
-            entry.update(status="interrupted", wall_s=time.monotonic() - start)
-            write_json_atomic(state_path, state)
-            print("interrupted; run the same command again to continue")
-            return 130
-        entry.update(returncode=code, wall_s=round(time.monotonic() - start, 1))
-        _collect(entry, run_dir, find_records(root, root / "sweeps") - before)
-        failures += entry["status"] != "finished"
-        write_json_atomic(state_path, state)
-        print(_summary(entry, run_dir))
+    gpus = visible_gpus() if parallel > 1 or devices_per_run else []
+    slots = gpu_slots(parallel, devices_per_run, gpus)
+    threads = None  # N runs that each take every core would slow one another down
+    if parallel > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // parallel)
+    with nullcontext() if dry_run else only_runner(sweep_dir, name):
+        state = json.loads(state_path.read_text()) if state_path.exists() else {"runs": {}}
+        state.update(sweep=str(path), name=name, config=config)
+        if config["method"] == "random":  # the points drawn before, plus new ones up to --count
+            points = [r["params"] for r in state["runs"].values()]
+            unfinished = sum(r["status"] != "finished" for r in state["runs"].values())
+            if count and count > unfinished or not points:
+                points += grid_points(config, (count or 0) - unfinished)
+        else:
+            points = grid_points(config)
+        plan = {}
+        for i, params in enumerate(points, 1):
+            key = run_key(params)
+            entry = state["runs"].setdefault(key, {"folder": run_folder_name(i, params),
+                                                   "params": params, "status": "pending"})
+            entry["argv"] = agent_argv(config, params, allow_any_command)
+            plan[key] = entry
+        plan = list(plan.values())
+        todo = [e for e in plan if e["status"] != "finished"][:count]
+        print(f"sweep {name}: {len(plan)} runs, "
+              f"{sum(e['status'] == 'finished' for e in plan)} finished, {len(todo)} to run now"
+              + sharing(slots, threads))
+        if dry_run:
+            for entry in plan:
+                mark = "skip (finished)" if entry["status"] == "finished" else (
+                    "run" if entry in todo else "later")
+                print(f"  {entry['folder']}: {mark}\n    {shlex.join(entry['argv'])}")
+            return 0
+        env = dict(os.environ)
+        if not online:
+            env["WANDB_MODE"] = "offline"
+        failures, signum = run_all(todo, slots, threads, sweep_dir, root, env, stop_timeout,
+                                    save=lambda: write_json_atomic(state_path, state))
     offline = [e["wandb_dir"] for e in plan if e.get("wandb_dir")]
     if offline and not online:
         print(f"W&B runs are offline; upload them with: wandb sync {' '.join(offline)}")
+    if signum:
+        print(f"stopped by {signal.Signals(signum).name}; run the same command again to continue")
+        return 128 + signum
     return 1 if failures else 0
-
-
-def _collect(entry: dict, run_dir: Path, new_records: set[Path]) -> None:
-    """Link the run's own results.json into its sweep folder, or record why there is none."""
-    log = (run_dir / "output.log").read_text(errors="replace")
-    sync = SYNC_LINE.findall(log)
-    entry["wandb_dir"] = sync[-1] if sync else None
-    record = None
-    found = {p: json.loads(p.read_text()) for p in new_records}
-    arch = entry["params"].get("model.arch")
-    if len(found) > 1 and arch:  # another process trained meanwhile: keep this run's arch
-        found = {p: r for p, r in found.items() if r.get("arch") == arch}
-    if len(found) == 1:
-        [(path, record)] = found.items()
-        (run_dir / "results.json").symlink_to(os.path.relpath(path, run_dir))
-        entry["results"] = str(path)
-    finished = entry["returncode"] == 0 and record and record.get("status") == "finished"
-    entry["status"] = "finished" if finished else "failed"
-    if record is None:  # no training record: a gap for the table, never a zero
-        lines = [line for line in log.splitlines() if line.strip()]
-        error = lines[-1] if lines else None
-        if entry["returncode"] == 0:
-            error = ("exit 0 but no new results.json under --runs-dir: does the recipe's "
-                     "logger save_dir lie inside it?")
-        write_json_atomic(run_dir / "results.json", {
-            "status": "failed", "arch": arch, "sweep_params": entry["params"],
-            "returncode": entry["returncode"], "error": error,
-            "log": str(run_dir / "output.log")})
-        entry["results"] = None
-
-
-def _summary(entry: dict, run_dir: Path) -> str:
-    record = json.loads(Path(entry["results"]).read_text()) if entry.get("results") else {}
-    if entry["status"] != "finished":
-        why = f"exit {entry['returncode']}" + (
-            f", record says {record.get('status')}" if record else ", no record")
-        return f"failed ({why}, {entry['wall_s']:.0f} s); see {run_dir / 'output.log'}"
-    final = (record.get("final") or {}).get("val/top1_err")
-    err = f"val/top1_err {final:.2f}" if final is not None else "no val/top1_err"
-    return f"finished in {entry['wall_s']:.0f} s, {err}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,8 +202,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="let W&B try online (default: WANDB_MODE=offline)")
     parser.add_argument("--allow-any-command", action="store_true",
                         help="run a sweep whose command is not `python -m resnext_lit ...`")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="run N grid points at once, each on its own share of the visible "
+                             "GPUs (default: 1)")
+    parser.add_argument("--devices-per-run", type=int, metavar="K",
+                        help="GPUs per run (default: the visible GPUs / N)")
+    parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S, metavar="S",
+                        help="after Ctrl-C, how long the runs may take to save and stop before "
+                             f"they are killed (default: {STOP_TIMEOUT_S:.0f})")
     args = parser.parse_args(argv)
-    if args.count is not None and args.count < 1:
-        raise ValueError("--count must be at least 1")
+    for flag in ("count", "parallel", "devices_per_run"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.stop_timeout < 0:
+        raise ValueError("--stop-timeout must be 0 or more seconds")
     return run_sweep(args.sweep_file, args.runs_dir, args.count, args.dry_run, args.online,
-                     args.allow_any_command)
+                     args.allow_any_command, args.parallel, args.devices_per_run,
+                     args.stop_timeout)

@@ -3,15 +3,21 @@
 Every sweep file must pass W&B's own schema, enumerate (with W&B's own engine) to exactly the
 paper's settings, and yield agent command lines that the project's CLI parses. The local runner
 runs a real 3-point grid on the digits end to end (offline W&B), is resumed, and its outputs
-feed the table builder.
+feed the table builder; with --parallel 2 it trains two runs at once, stops both on Ctrl-C and
+finishes them when run again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
-from contextlib import redirect_stderr, redirect_stdout
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,7 @@ import yaml
 from resnext_lit.cli import main as cli
 from resnext_lit.models import model_entry, solve_bottleneck_width
 from resnext_lit.models.registry import FIG7_WIDE, TABLE3_SETTINGS
+from resnext_lit.runner import gpu_slots, visible_gpus
 from resnext_lit.sweep import agent_argv, grid_points, load_sweep
 from resnext_lit.sweep import main as sweep_main
 from resnext_lit.table import main as table_main
@@ -29,6 +36,21 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 TINY_FIT = ["--model.warmup_epochs=0", "--data.init_args.batch_size=16",
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+
+
+def write_sweep(path: str, name: str, archs: list[str], fit_args: list[str]) -> None:
+    """A grid over `archs` of the digits demo with W&B, each run cut short by `fit_args`."""
+    Path(path).write_text(yaml.safe_dump({
+        "name": name, "method": "grid", "metric": {"name": "val/top1_err", "goal": "minimize"},
+        "parameters": {"model.arch": {"values": archs}},
+        "command": ["${env}", "${interpreter}", "-m", "resnext_lit", "fit",
+                    "--config", "configs/demo.yaml", "--config", "configs/logger/wandb.yaml",
+                    *fit_args, "${args}"]}))
+
+
+def training_records() -> list[Path]:
+    """The runs' own results.json files (not the sweep folders' links to them)."""
+    return sorted(p for p in Path("runs").rglob("results.json") if "sweeps" not in p.parts)
 
 
 def archs(name: str) -> list[str]:
@@ -177,19 +199,10 @@ def offline_workdir(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, capsys):
-    sweep = {"name": "tiny", "method": "grid",
-             "metric": {"name": "val/top1_err", "goal": "minimize"},
-             "parameters": {"model.arch": {"values": [
-                 "resnext29_1x64d", "resnext29_2x64d", "no_such_net"]}},
-             "command": ["${env}", "${interpreter}", "-m", "resnext_lit", "fit",
-                         "--config", "configs/demo.yaml", "--config",
-                         "configs/logger/wandb.yaml", *TINY_FIT, "${args}"]}
-    Path("tiny.yaml").write_text(yaml.safe_dump(sweep))
+    write_sweep("tiny.yaml", "tiny", ["resnext29_1x64d", "resnext29_2x64d", "no_such_net"],
+                TINY_FIT)
     state_path = Path("runs/sweeps/tiny/state.json")
-
-    def records():
-        return sorted(p for p in Path("runs").rglob("results.json")
-                      if "sweeps" not in p.parts)
+    records = training_records
 
     def state():
         return {r["params"]["model.arch"]: r for r in json.loads(state_path.read_text())
@@ -199,7 +212,8 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
     assert [r["status"] for r in state().values()] == ["finished", "pending", "pending"]
     assert len(records()) == 1
 
-    assert sweep_main(["tiny.yaml"]) == 1  # resumed: the other two; the unknown arch fails
+    # Resumed, two at a time: the other two; the unknown arch fails.
+    assert sweep_main(["tiny.yaml", "--parallel", "2"]) == 1
     runs = state()
     assert runs["resnext29_1x64d"]["attempts"] == 1  # not run again
     assert runs["resnext29_2x64d"]["status"] == "finished"
@@ -227,3 +241,121 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
     assert "- (failed)" in rows["no_such_net"]
     pngs = list(Path("tables").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+
+
+def test_gpu_slots_share_the_visible_gpus(monkeypatch):
+    gpus = [str(i) for i in range(8)]
+    assert gpu_slots(4, None, gpus) == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    assert gpu_slots(2, 3, gpus) == [["0", "1", "2"], ["3", "4", "5"]]  # 6, 7 stay idle
+    assert gpu_slots(2, None, []) == [None, None]  # the CPU: just two processes
+    for parallel, per_run, gpus_, message in [(3, None, gpus, "does not divide the 8"),
+                                              (4, 3, gpus, "needs 12 GPUs; 8 are visible"),
+                                              (1, 1, [], "no GPU is visible")]:
+        with pytest.raises(ValueError, match=message):
+            gpu_slots(parallel, per_run, gpus_)
+    for visible, expected in [("3,5", ["3", "5"]), ("GPU-1a2b,GPU-3c4d", ["GPU-1a2b", "GPU-3c4d"]),
+                              ("", []), ("-1", []), ("0,-1,2", ["0"])]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert visible_gpus() == expected
+
+
+@pytest.mark.parametrize("flags, visible, message", [
+    (["--parallel", "0"], None, "--parallel must be at least 1"),
+    (["--devices-per-run", "0"], None, "--devices-per-run must be at least 1"),
+    (["--parallel", "3"], "0,1", "--parallel 3 does not divide the 2 visible GPUs (0,1)"),
+    (["--parallel", "2", "--devices-per-run", "2"], "0,1", "needs 4 GPUs; 2 are visible"),
+    (["--devices-per-run", "1"], "", "--devices-per-run 1: no GPU is visible"),
+    (["--stop-timeout", "-1"], None, "--stop-timeout must be 0 or more"),
+])
+def test_bad_parallel_flags_are_one_clear_line(flags, visible, message, tmp_path, monkeypatch,
+                                               capsys):
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    write_sweep(tmp_path / "s.yaml", "s", ["resnet50"], [])
+    assert cli(["sweep", str(tmp_path / "s.yaml"), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_dry_run_shows_the_gpu_slices_and_a_second_runner_is_refused(tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.chdir(tmp_path)  # had the lock failed, the runs would fail here (no configs/)
+    write_sweep("s.yaml", "s", ["resnet50", "resnet101"], [])
+    argv = ["sweep", "s.yaml", "--runs-dir", str(tmp_path), "--parallel", "2"]
+    assert cli([*argv, "--dry-run"]) == 0
+    assert "2 at a time (CUDA_VISIBLE_DEVICES 0,1 | 2,3)" in capsys.readouterr().out
+    lock = tmp_path / "sweeps" / "s" / ".lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:  # as a runner of this sweep in another process holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep s is being run by another runner" in err[0], err
+    assert not (tmp_path / "sweeps" / "s" / "state.json").exists()
+
+
+@pytest.mark.slow
+def test_parallel_runs_overlap_and_stop_on_ctrl_c(offline_workdir, monkeypatch, capsys):
+    """--parallel 2: both runs train at once, each on its own (made-up) GPU id; SIGINT to the
+    runner stops both (interrupted, last.ckpt saved, no process left, exit 130), and the next
+    run of the sweep would retry them. (A parallel resume that skips finished runs: the test
+    above.)"""
+    # The demo recipe trains on the CPU whatever the ids; its runs must see one each.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,9")
+    write_sweep("par.yaml", "par", ["resnext29_1x64d", "resnext29_2x64d"],
+                [*TINY_FIT, "--trainer.max_epochs=100000"])  # trains until stopped
+    state_path = Path("runs/sweeps/par/state.json")
+
+    def state():
+        return {r["params"]["model.arch"]: r for r in json.loads(state_path.read_text())
+                ["runs"].values()}
+
+    def statuses(paths):
+        return [json.loads(p.read_text())["status"] for p in paths]
+
+    runner = subprocess.Popen([sys.executable, "-m", "resnext_lit", "sweep", "par.yaml",
+                               "--parallel", "2"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300  # two start-ups on a busy 2-core machine
+        while statuses(training_records()) != ["running", "running"]:
+            assert runner.poll() is None, runner.communicate()[0]
+            assert time.monotonic() < deadline, "the two runs did not both start training"
+            time.sleep(0.5)
+        # Both records say "running" (written as training starts) at this moment, and both end
+        # "interrupted" by the one SIGINT below: the two runs overlapped in time.
+        running = state()
+        pids = [r["pid"] for r in running.values()]
+        assert [r["status"] for r in running.values()] == ["running", "running"]
+        runner.send_signal(signal.SIGINT)
+        out = runner.communicate(timeout=240)[0]
+    except BaseException:  # a failed assertion must not leave the runner or its runs training
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(timeout=30)
+        for run in state().values() if state_path.exists() else []:
+            with suppress(ProcessLookupError, KeyError):
+                os.killpg(run["pid"], signal.SIGKILL)
+        raise
+    assert runner.returncode == 130, out
+    assert out.count(": started, pid ") == 2 and "SIGINT: stopping 2 run(s)" in out, out
+    runs = state()
+    assert {r["env"]["CUDA_VISIBLE_DEVICES"] for r in runs.values()} == {"7", "9"}
+    first, second = sorted(runs.values(), key=lambda r: r["started"])
+    assert second["started"] < first["ended"]
+    for pid in pids:  # nothing of either run is left: their process groups are empty
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    for arch, run in runs.items():
+        assert run["status"] == "interrupted" and run["returncode"] == 128 + signal.SIGTERM
+        record = json.loads(Path(run["results"]).read_text())
+        assert record["status"] == "interrupted" and record["arch"] == arch
+        assert record["stop_reason"].startswith("stopped by SIGTERM")
+        assert (Path(run["results"]).parent / "checkpoints" / "last.ckpt").is_file()
+        assert Path(f"runs/sweeps/par/{run['folder']}/results.json").resolve() == \
+            Path(run["results"]).resolve()
+
+    assert sweep_main(["par.yaml", "--parallel", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 0 finished, 2 to run now" in out and out.count(": run\n") == 2, out

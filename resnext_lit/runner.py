@@ -1,0 +1,316 @@
+"""The local sweep runner's processes: N runs at once, GPU slices, one state writer, signals.
+
+    python -m resnext_lit sweep sweeps/table7_cifar.yaml --parallel 8     # 8 at once, 1 GPU each
+
+`resnext_lit.sweep` reads the sweep file and plans the runs; this module launches them.
+
+`--parallel N` runs N grid points at once, each with a slice of the visible GPUs as its
+CUDA_VISIBLE_DEVICES (the runner's own CUDA_VISIBLE_DEVICES if set, else every GPU): 8 GPUs and
+N=4 give 2 each, or `--devices-per-run K`. The commands stay as they are, so the recipe's
+`trainer.devices` counts inside the slice: `1` uses its first GPU, `-1` or `auto` all of it (DDP
+within the slice, on a MASTER_PORT of its own), more than the slice fails that run with
+Lightning's message. Without GPUs the N runs share the CPU cores: each gets OMP_NUM_THREADS =
+cores // N unless that is set. Runs start one at a time, each once the one before has written
+its results.json: Lightning numbers run folders (version_N) by listing them, so two runs starting
+together would share one; this also tells which record is whose. Only the runner writes
+state.json, and only one runner per sweep at a time (a lock file).
+
+Ctrl-C or SIGTERM to the runner sends SIGTERM to every run (each saves last.ckpt and records
+itself interrupted: `resnext_lit.reliability`), waits up to --stop-timeout seconds, kills what
+is left and exits with 128 + the signal; a second Ctrl-C kills at once. The runs live in process
+groups of their own, so a terminal's Ctrl-C reaches them only through the runner, once, and
+nothing of a run (loader workers, DDP ranks) outlives it. Finished runs stay finished; the
+interrupted ones run again next time, from the start (their commands have no --ckpt_path).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from .atomic import write_json_atomic
+
+SYNC_LINE = re.compile(r"wandb sync (\S+?)`")
+POLL_S = 0.5  # how often the runner looks at its runs (exits, new records, signals)
+# Long enough for a stopped run to finish its step, or the validation of an epoch's end, and
+# write last.ckpt.
+STOP_TIMEOUT_S = 120.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+NO_RECORD_NOTICE_S = 600  # a run without a results.json by then holds up the next starts
+
+
+def find_records(runs_dir: Path, skip: Path) -> set[Path]:
+    """The training records under `runs_dir`, outside `skip` (the sweeps' own folders)."""
+    return {p.resolve() for p in runs_dir.rglob("results.json")
+            if skip not in p.parents and not p.is_symlink()}
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this runner may hand out: its CUDA_VISIBLE_DEVICES if set, else every GPU."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        gpus = []
+        for token in (t.strip() for t in os.environ["CUDA_VISIBLE_DEVICES"].split(",")):
+            if not token or token.startswith("-"):
+                break  # CUDA stops at the first id it cannot use: "" or "-1" means no GPU
+            gpus.append(token)
+        return gpus
+    import torch  # device_count asks NVML: no CUDA context (nor its memory) in the runner
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_slots(parallel: int, per_run: int | None, gpus: list[str]) -> list[list[str] | None]:
+    """The GPUs of each of the `parallel` places a run can take, as CUDA_VISIBLE_DEVICES lists
+    (None: no GPUs to share out, the runs inherit the runner's environment)."""
+    if not gpus:
+        if per_run:
+            raise ValueError(f"--devices-per-run {per_run}: no GPU is visible")
+        return [None] * parallel
+    if per_run is None:
+        if len(gpus) % parallel:
+            raise ValueError(f"--parallel {parallel} does not divide the {len(gpus)} visible "
+                             f"GPUs ({','.join(gpus)}); give --devices-per-run as well")
+        per_run = len(gpus) // parallel
+    elif per_run * parallel > len(gpus):
+        raise ValueError(f"--parallel {parallel} x --devices-per-run {per_run} needs "
+                         f"{parallel * per_run} GPUs; {len(gpus)} are visible ({','.join(gpus)})")
+    return [gpus[i * per_run:(i + 1) * per_run] for i in range(parallel)]
+
+
+def sharing(slots: list, threads: int | None) -> str:
+    """How the runs share the machine, for the sweep's first line."""
+    if slots == [None]:
+        return ""
+    gpus = f" (CUDA_VISIBLE_DEVICES {' | '.join(map(','.join, slots))})" if slots[0] else ""
+    cpus = f", OMP_NUM_THREADS={threads} each" if threads else ""
+    return f", {len(slots)} at a time{gpus}{cpus}"
+
+
+@contextmanager
+def only_runner(sweep_dir: Path, name: str):
+    """Hold the sweep's lock: a second runner would be a second writer of state.json."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".lock", "w") as lock:  # the kernel lets go if the runner dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"sweep {name} is being run by another runner "
+                             f"(it holds {sweep_dir / '.lock'})") from None
+        yield
+
+
+class _Stop:
+    """SIGINT, SIGTERM or SIGHUP to the runner: noted by the handler, acted on by `act` between
+    polls. A signal the runner was started ignoring (nohup) stays ignored."""
+
+    def __enter__(self) -> _Stop:
+        self.signum, self.count, self.deadline, self.killed = None, 0, None, False
+        self._previous = {}
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+        self.count += 1
+
+    def act(self, running: list[_Run], timeout: float) -> None:
+        """Once signalled: SIGTERM to every run, once (it saves last.ckpt and stops; Lightning
+        passes it on to DDP ranks), then SIGKILL to what is left after `timeout` seconds or at
+        a second signal."""
+        if self.signum is None:
+            return
+        if self.deadline is None:
+            print(f"{signal.Signals(self.signum).name}: stopping {len(running)} run(s) with "
+                  f"SIGTERM (each saves last.ckpt); killing them after {timeout:.0f} s or at a "
+                  "second Ctrl-C", flush=True)
+            for run in running:
+                with suppress(ProcessLookupError):
+                    os.kill(run.proc.pid, signal.SIGTERM)
+            self.deadline = time.monotonic() + timeout
+        if running and not self.killed and (self.count > 1 or time.monotonic() > self.deadline):
+            print(f"killing {len(running)} run(s)", flush=True)
+            for run in running:
+                with suppress(ProcessLookupError):
+                    os.killpg(run.proc.pid, signal.SIGKILL)
+            self.killed = True
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+
+@dataclass
+class _Run:
+    """One launched run: its process, its place, and its results.json once that appeared."""
+
+    entry: dict
+    tag: str             # "[3/40]"
+    slot: int
+    proc: subprocess.Popen
+    log: IO
+    known: set[Path]     # the training records that existed before it started
+    start: float
+    record: Path | None = None
+    noticed: bool = False  # that it has no record yet, holding the next runs back
+
+
+def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path, root: Path,
+             env: dict, stop_timeout: float, save) -> tuple[int, int | None]:
+    """Run `todo`, len(slots) at a time (`slots`, `threads`: see `_start`); `save()` writes
+    the state after every change.
+    Returns how many runs did not finish, and the signal that stopped the sweep (or None)."""
+    queue, running, free, failures = list(enumerate(todo, 1)), [], list(range(len(slots))), 0
+    with _Stop() as stop:
+        try:
+            while running or (queue and not stop.signum):
+                stop.act(running, stop_timeout)
+                if queue and free and not stop.signum and all(r.record for r in running):
+                    n, entry = queue.pop(0)
+                    slot = free.pop(0)
+                    running.append(_start(entry, f"[{n}/{len(todo)}]", slot, slots[slot],
+                                          threads, sweep_dir / entry["folder"], root, env))
+                    save()
+                for run in running:
+                    _look_for_record(run, root)
+                for run in [r for r in running if r.proc.poll() is not None]:
+                    running.remove(run)
+                    free.append(run.slot)
+                    failures += not _finish(run, sweep_dir, root, stopped=bool(stop.signum))
+                    save()
+                time.sleep(POLL_S)
+        finally:
+            for run in running:  # only if the runner itself failed: leave no run behind
+                with suppress(ProcessLookupError):
+                    os.kill(run.proc.pid, signal.SIGTERM)
+    return failures, stop.signum
+
+
+def _start(entry: dict, tag: str, slot: int, gpus: list[str] | None, threads: int | None,
+           run_dir: Path, root: Path, env: dict) -> _Run:
+    """Launch one run on `gpus` (its CUDA_VISIBLE_DEVICES; None: the runner's) with `threads`
+    CPU threads (OMP_NUM_THREADS; None: the runner's); its console output goes to
+    `run_dir/output.log`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").unlink(missing_ok=True)
+    known = find_records(root, root / "sweeps")
+    extra = {}  # what this run's environment adds to the runner's, recorded in state.json
+    if gpus is not None:
+        extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        if len(gpus) > 1:  # DDP inside the slice: a rendezvous port per run, not one per node
+            extra["MASTER_PORT"] = str(_free_port())
+    if threads:
+        extra["OMP_NUM_THREADS"] = str(threads)
+    log = open(run_dir / "output.log", "w")
+    log.write(f"$ {shlex.join([f'{k}={v}' for k, v in extra.items()] + entry['argv'])}\n")
+    log.flush()
+    # A session, so a process group, of its own (see the module docstring), without stdin.
+    proc = subprocess.Popen(entry["argv"], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, env={**env, **extra},
+                            start_new_session=True)
+    for key in ("returncode", "ended", "wall_s", "results", "wandb_dir"):
+        entry.pop(key, None)  # the previous attempt's
+    entry.update(status="running", started=_now(), attempts=entry.get("attempts", 0) + 1,
+                 pid=proc.pid, env=extra)
+    where = f", CUDA_VISIBLE_DEVICES={extra['CUDA_VISIBLE_DEVICES']}" if gpus is not None else ""
+    print(f"{tag} {entry['folder']}: started, pid {proc.pid}{where}", flush=True)
+    return _Run(entry, tag, slot, proc, log, known, time.monotonic())
+
+
+def _look_for_record(run: _Run, root: Path) -> None:
+    """Until it has one, look for the run's record; say so if that takes unusually long."""
+    if run.record:
+        return
+    run.record = _new_record(run, root)
+    if not run.record and not run.noticed and time.monotonic() - run.start > NO_RECORD_NOTICE_S:
+        print(f"{run.tag} {run.entry['folder']}: no results.json under {root} yet; the next "
+              "runs wait for it (does the recipe's logger save_dir lie inside --runs-dir?)",
+              flush=True)
+        run.noticed = True
+
+
+def _new_record(run: _Run, root: Path) -> Path | None:
+    """The run's results.json once it appeared: the one record new since the run started (one
+    run starts at a time); another process training meanwhile is told apart by arch."""
+    new = find_records(root, root / "sweeps") - run.known
+    arch = run.entry["params"].get("model.arch")
+    if len(new) > 1 and arch:
+        new = {p for p in new if json.loads(p.read_text()).get("arch") == arch}
+    return new.pop() if len(new) == 1 else None
+
+
+def _finish(run: _Run, sweep_dir: Path, root: Path, stopped: bool) -> bool:
+    """Record a run that ended; True if it finished."""
+    with suppress(ProcessLookupError):  # what is left of it: loader workers, DDP ranks
+        os.killpg(run.proc.pid, signal.SIGKILL)
+    run.log.close()
+    entry, run_dir = run.entry, sweep_dir / run.entry["folder"]
+    entry.update(returncode=run.proc.returncode, ended=_now(),
+                 wall_s=round(time.monotonic() - run.start, 1))
+    _collect(entry, run_dir, run.record or _new_record(run, root), stopped)
+    print(f"{run.tag} {entry['folder']}: {_summary(entry, run_dir)}", flush=True)
+    return entry["status"] == "finished"
+
+
+def _free_port() -> int:
+    """A TCP port that is free now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="milliseconds")
+
+
+def _collect(entry: dict, run_dir: Path, record_path: Path | None, stopped: bool) -> None:
+    """Link the run's own results.json into its sweep folder, or record why there is none.
+    `stopped`: the runner stopped it, so unless it finished it was interrupted."""
+    log = (run_dir / "output.log").read_text(errors="replace")
+    sync = SYNC_LINE.findall(log)
+    entry["wandb_dir"] = sync[-1] if sync else None
+    record = json.loads(record_path.read_text()) if record_path else None
+    if record_path:
+        (run_dir / "results.json").symlink_to(os.path.relpath(record_path, run_dir))
+        entry["results"] = str(record_path)
+    if entry["returncode"] == 0 and record and record.get("status") == "finished":
+        entry["status"] = "finished"
+    elif stopped or (record or {}).get("status") == "interrupted":  # e.g. SLURM's SIGTERM
+        entry["status"] = "interrupted"
+    else:
+        entry["status"] = "failed"
+    if record is None:  # no training record: a gap for the table, never a zero
+        lines = [line for line in log.splitlines()[1:] if line.strip()]  # after the "$ argv"
+        error = lines[-1] if lines else None
+        if entry["returncode"] == 0:
+            error = ("exit 0 but no new results.json under --runs-dir: does the recipe's "
+                     "logger save_dir lie inside it?")
+        write_json_atomic(run_dir / "results.json", {
+            "status": entry["status"], "arch": entry["params"].get("model.arch"),
+            "sweep_params": entry["params"], "returncode": entry["returncode"],
+            "error": error, "log": str(run_dir / "output.log")})
+        entry["results"] = None
+
+
+def _summary(entry: dict, run_dir: Path) -> str:
+    record = json.loads(Path(entry["results"]).read_text()) if entry.get("results") else {}
+    if entry["status"] != "finished":
+        why = f"exit {entry['returncode']}" + (
+            f", record says {record.get('status')}" if record else ", no record")
+        return f"{entry['status']} ({why}, {entry['wall_s']:.0f} s); see {run_dir / 'output.log'}"
+    final = (record.get("final") or {}).get("val/top1_err")
+    err = f"val/top1_err {final:.2f}" if final is not None else "no val/top1_err"
+    return f"finished in {entry['wall_s']:.0f} s, {err}"
