@@ -178,20 +178,46 @@ def test_the_table_covers_every_tool_with_at_least_20_rows():
     assert {"fit", "validate", "write-beton", "sweep", "table"} <= commands
 
 
+# Rows run as `python -m resnext_lit` subprocesses: the full disk (a file-size limit set in the
+# child), one per kind of command line, and one of each tool. The others run the same `main`
+# in-process: a second each instead of a Python start-up that imports Lightning.
+SUBPROCESS_ROWS = {FULL_DISK_ROW, "unknown command", "misspelled key in a config file",
+                   "truncated .beton", "sweep: bad method", "table: empty runs folder"}
+
+
+def _run(name: str, argv: list[str], cwd, monkeypatch, capfd) -> tuple[int, str]:
+    """(exit status, stderr) of one row, as a subprocess or through `main` in-process."""
+    if name in SUBPROCESS_ROWS:
+        out = subprocess.run(
+            [sys.executable, "-m", "resnext_lit", *argv], cwd=cwd, text=True,
+            capture_output=True, timeout=TIMEOUT_S,
+            preexec_fn=_full_disk if name == FULL_DISK_ROW else None,
+            env=dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(cwd)))
+        return out.returncode, out.stderr
+    from resnext_lit.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(cwd))
+    capfd.readouterr()  # only this row's output
+    try:
+        status = main(argv)
+    except SystemExit as stop:  # what `python -m` would have exited with
+        status = stop.code
+    return status, capfd.readouterr().err
+
+
 @pytest.mark.parametrize("name, argv, culprit, status", ROWS,
                          ids=[row[0] for row in ROWS])
-def test_bad_input(bad, tmp_path, name, argv, culprit, status):
+def test_bad_input(bad, tmp_path, monkeypatch, capfd, name, argv, culprit, status):
     paths = {k: str(v) for k, v in bad.items()}
     argv = [a.format(**paths) for a in argv]
     before = _tree(bad["root"])
-    out = subprocess.run(
-        [sys.executable, "-m", "resnext_lit", *argv], cwd=tmp_path, text=True,
-        capture_output=True, timeout=TIMEOUT_S, preexec_fn=_full_disk if name == FULL_DISK_ROW
-        else None, env=dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp_path)))
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    code, stderr = _run(name, argv, tmp_path, monkeypatch, capfd)
+    lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line]
-    assert out.returncode != 0 and (status is None or out.returncode == status), out.stderr[-3000:]
-    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert code != 0 and (status is None or code == status), stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
     culprits = (culprit,) if isinstance(culprit, str) else culprit
     assert len(errors) == 1 and all(c in errors[0] for c in culprits), lines
     assert len(lines) <= 1 + OTHER_LINES, lines
