@@ -175,8 +175,8 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[a[0][0] for a in BAD_INPUTS])
 def test_bad_input_is_one_line_before_training(tmp_path, monkeypatch, capsys, args, message):
-    # In-process (the same `main` as `python -m resnext_lit`; tests/test_bad_inputs.py runs its
-    # table as subprocesses): a second each instead of a Python start-up with Lightning.
+    # In-process (the same `main` as `python -m resnext_lit`; tests/test_bad_inputs.py runs
+    # most of its table this way too): a second each instead of a Python start-up with Lightning.
     from resnext_lit.cli import main
 
     monkeypatch.chdir(tmp_path)
