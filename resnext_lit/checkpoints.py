@@ -15,7 +15,6 @@ memory first). A state dict holding NaN or inf is never written.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .models.weights import load_failure
 
 
 class NonFiniteError(RuntimeError):
@@ -72,15 +73,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def unreadable(path, err: BaseException, weights_only) -> str:
-    text = " ".join(str(err).split())
-    unsafe = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
-    if unsafe or "Weights only load failed" in text:
-        detail = unsafe.group(0) if unsafe else "an object outside the allowed types"
+    unsafe, reason = load_failure(err)
+    if unsafe or "Weights only load failed" in str(err):
         return (f"checkpoint {path} holds Python objects that weights_only loading refuses "
-                f"({detail}); pass --weights_only=false only if you trust where it came from")
+                f"({unsafe or 'an object outside the allowed types'}); pass --weights_only=false "
+                "only if you trust where it came from")
     if isinstance(err, FileNotFoundError):
         return f"checkpoint {path} does not exist"
-    reason = text.split(". ")[0][:160]  # torch adds a paragraph of advice after the cause
     return (f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
             f"{reason}")
 

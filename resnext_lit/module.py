@@ -30,6 +30,7 @@ from .reliability import NonFiniteGuard
 from .scale import run_scale
 from .schedules import check_schedule, lr_factor
 
+
 class ResNeXtModule(LightningModule):
     """Train and evaluate one registered network.
 

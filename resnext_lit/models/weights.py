@@ -27,6 +27,17 @@ from .convert import copy_form
 from .resnext import ResNeXt
 
 
+def load_failure(err: BaseException) -> tuple[str | None, str]:
+    """Why `torch.load` failed, in one line each: (the pickled global weights_only refused, or
+    None; the cause without torch's paragraph of advice)."""
+    text = " ".join(str(err).split())
+    unsafe = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if unsafe:
+        return unsafe.group(0), text
+    cause = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    return None, (cause.group(1) if cause else text.split(". ")[0])[:160]
+
+
 def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
     """The network tensors in `path` and what kind of file held them; one-line ValueErrors."""
     if not Path(path).is_file():
@@ -34,15 +45,12 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        text = " ".join(str(err).split())
-        unsafe = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+        unsafe, reason = load_failure(err)
         if unsafe:  # e.g. torchvision's reference checkpoints pickle their argparse Namespace
             raise ValueError(f"weights {path} holds Python objects besides tensors "
-                             f"({unsafe.group(0)}); save its state_dict() alone") from None
-        cause = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-        reason = cause.group(1) if cause else text.split(". ")[0]  # not torch's advice
+                             f"({unsafe}); save its state_dict() alone") from None
         raise ValueError(f"weights {path} is not a readable PyTorch file (truncated or corrupt?)"
-                         f": {reason[:160]}") from None
+                         f": {reason}") from None
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         return obj, "state dict"
     state = obj.get("state_dict") if isinstance(obj, dict) else None
