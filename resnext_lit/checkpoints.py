@@ -23,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .errors import UserError
 from .models.weights import load_failure
 
 
@@ -69,7 +70,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return super().load_checkpoint(path, map_location, weights_only)
         except Exception as err:  # one line naming the file, not torch's page of advice
-            raise ValueError(unreadable(path, err, weights_only)) from None
+            raise UserError(unreadable(path, err, weights_only)) from None
 
 
 def unreadable(path, err: BaseException, weights_only) -> str:
@@ -95,7 +96,7 @@ def check_checkpoint(path, weights_only: bool = True) -> None:
                 return
             except Exception as again:
                 err = again
-        raise ValueError(unreadable(path, err, weights_only)) from None
+        raise UserError(unreadable(path, err, weights_only)) from None
 
 
 def last_checkpoint_path(trainer) -> Path:

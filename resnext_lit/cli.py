@@ -8,8 +8,9 @@
 
 `fit|validate|test|predict` are a LightningCLI (`resnext_lit.lightning_cli`); the other commands
 are tools with a `main(argv) -> int` each, started without importing Lightning (seconds sooner).
-User errors (an unknown arch, a bad schedule, an unreadable checkpoint, ...) end in one line and
-exit status 2, before any training. A preempted run (SIGTERM, SIGUSR1) exits with 128 + the
+User errors (`resnext_lit.errors.UserError`: an unknown arch, a bad schedule, an unreadable
+checkpoint, ...) end in one line and exit status 2, before any training; every other exception is
+a bug and keeps its traceback. A preempted run (SIGTERM, SIGUSR1) exits with 128 + the
 signal after saving last.ckpt; a non-finite loss with 1 (see `resnext_lit.reliability`).
 """
 
@@ -19,9 +20,11 @@ import importlib
 import re
 import sys
 
+from .errors import UserError
+
 # Each tool command lives in its own module with a `main(argv) -> int`.
 COMMANDS = {
-    "models": "resnext_lit.models.table",
+    "models": "resnext_lit.models.zoo",
     "summary": "resnext_lit.summary",
     "write-beton": "resnext_lit.data.beton",
     "sweep": "resnext_lit.sweep",
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             from .lightning_cli import run_cli  # Lightning loads for these commands only
 
             code = run_cli(None if from_sys else argv)
-    except ValueError as err:  # user errors are one line, not a traceback
+    except UserError as err:  # bad input is one line; any other exception keeps its traceback
         print(f"error: {one_line(err)}", file=sys.stderr)
         code = 2
     except SystemExit as stop:  # Lightning's Ctrl-C path, argparse

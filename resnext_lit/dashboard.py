@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 
+from .errors import UserError
+
+
 METRICS = ("val/top1_err", "val/top5_err", "train/top1_err")
 # One group per setting: Table 7's CIFAR-10 and CIFAR-100 runs of one network never average.
 GROUP_BY = ("dataset", "recipe", "network")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_report(args.entity, args.project, args.sweep, args.title)
     except ImportError:
-        raise ValueError("the dashboard needs wandb-workspaces: "
+        raise UserError("the dashboard needs wandb-workspaces: "
                          "pip install wandb-workspaces") from None
     print("\n".join(outline(report)))
     if args.dry_run:
@@ -116,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     url = wandb.setup().settings.base_url
     if not has_credentials(url):  # checked here: the API would otherwise prompt or retry
-        raise ValueError("saving a report needs W&B credentials: `wandb login`")
+        raise UserError("saving a report needs W&B credentials: `wandb login`")
     if not reachable(url):
-        raise ValueError(f"{url} is not reachable; build the report with --dry-run")
+        raise UserError(f"{url} is not reachable; build the report with --dry-run")
     report.save()
     print(f"saved: {report.url}")
     return 0

@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from .checkpoints import NonFiniteError, check_checkpoint
 from .cli import TRAINER_SUBCOMMANDS
+from .errors import UserError
 from .models.registry import OVERRIDES, model_config
 from .reliability import ExactResume, Preempted, Preemption, requeued_version
 from .schedules import check_schedule
@@ -71,7 +72,7 @@ class ResNeXtCLI(LightningCLI):
         path = config.get("ckpt_path")
         if path and path not in ("last", "best", "hpc") and "://" not in str(path):
             if not Path(path).is_file():
-                raise ValueError(f"--ckpt_path {path}: no such file")
+                raise UserError(f"--ckpt_path {path}: no such file")
             check_checkpoint(path, config.weights_only is not False)
         given = dict(config.model)
         if config.weights_only is False:  # trusted: Lightning would read it weights_only
@@ -88,6 +89,19 @@ class ResNeXtCLI(LightningCLI):
         if replaced:
             print(f"warning: --ckpt_path {path} builds the model from its own hyperparameters: "
                   f"{', '.join(replaced)}", file=sys.stderr)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse (checked on 4.53) re-raises an `__init__`'s error as "Does not validate
+            # against any of the Union subtypes", with the original as its cause: find ours.
+            cause = err
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise UserError(str(cause)) from None
 
     @property
     def run_config(self):
@@ -255,7 +269,7 @@ def _continue_latest_version(config) -> None:
     root = Path(init.save_dir) / (init.get("name") or "lightning_logs")
     versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     if not any((v / "checkpoints" / "last.ckpt").exists() for v in versions):
-        raise ValueError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints")
+        raise UserError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints")
     latest = [v for v in versions if (v / "checkpoints" / "last.ckpt").exists()][-1]
     init.version = int(latest.name.split("_")[1])
     check_checkpoint(latest / "checkpoints" / "last.ckpt", config.get("weights_only") is not False)
@@ -267,7 +281,7 @@ def run_cli(args: list[str] | None) -> int:
     try:
         _lightning_cli(args)
     except ArgumentError as err:
-        raise ValueError(str(err)) from None
+        raise UserError(str(err)) from None
     except Preempted as stop:  # last.ckpt is saved; a scheduler sees a signal's exit status
         print(stop.message, file=sys.stderr)
         return stop.code

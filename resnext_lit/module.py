@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .errors import UserError
 from .models import create_model, load_weights
 from .reliability import NonFiniteGuard
 from .scale import run_scale
@@ -94,10 +95,10 @@ class ResNeXtModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
+            raise UserError(f"model.ema_decay must be in (0, 1), got {ema_decay}")
         for key, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
             if alpha < 0:
-                raise ValueError(f"model.{key} must be >= 0 (0 is off), got {alpha}")
+                raise UserError(f"model.{key} must be >= 0 (0 is off), got {alpha}")
         self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
                                   cardinality=cardinality, bottleneck_width=bottleneck_width,
                                   zero_init_residual=zero_init_residual, blurpool=blurpool)
@@ -249,7 +250,7 @@ class ResNeXtModule(LightningModule):
         datamodule = self.trainer.datamodule
         classes = getattr(datamodule, "num_classes", None)
         if classes is not None and classes != self.hparams.num_classes:
-            raise ValueError(f"model.num_classes={self.hparams.num_classes} but the data has "
+            raise UserError(f"model.num_classes={self.hparams.num_classes} but the data has "
                              f"{classes} classes")
         if stage == "fit" and not self.trainer.fast_dev_run:  # a smoke run keeps its recipe
             hp = self.hparams
@@ -259,7 +260,7 @@ class ResNeXtModule(LightningModule):
     def scale(self) -> dict:
         """World size, per-device and global batch, and the lr after scaling (`resnext_lit.scale`)."""
         if getattr(self.trainer.datamodule, "batch_size", None) is None:
-            raise ValueError("the DataModule must expose `batch_size` (images per device)")
+            raise UserError("the DataModule must expose `batch_size` (images per device)")
         return run_scale(self.trainer, self.trainer.datamodule, self.hparams.lr)
 
     def configure_optimizers(self):

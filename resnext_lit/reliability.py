@@ -44,6 +44,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from .checkpoints import AtomicCheckpointIO, NonFiniteError, last_checkpoint_path
+from .errors import UserError
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 MAX_SKIPPED_IN_A_ROW = 20  # more consecutive non-finite losses means the weights are gone
@@ -74,7 +75,7 @@ class Preemption(Callback):
 
     def __init__(self, check_every_n_steps: int = PREEMPTION_CHECK_EVERY_N_STEPS):
         if check_every_n_steps < 1:
-            raise ValueError(f"Preemption: check_every_n_steps must be >= 1, got "
+            raise UserError(f"Preemption: check_every_n_steps must be >= 1, got "
                              f"{check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
         self._signal: int | None = None

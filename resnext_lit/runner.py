@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from .atomic import write_json_atomic
+from .errors import UserError
 
 SYNC_LINE = re.compile(r"wandb sync (\S+?)`")
 POLL_S = 0.5  # how often the runner looks at its runs (exits, new records, signals)
@@ -76,15 +77,15 @@ def gpu_slots(parallel: int, per_run: int | None, gpus: list[str]) -> list[list[
     (None: no GPUs to share out, the runs inherit the runner's environment)."""
     if not gpus:
         if per_run:
-            raise ValueError(f"--devices-per-run {per_run}: no GPU is visible")
+            raise UserError(f"--devices-per-run {per_run}: no GPU is visible")
         return [None] * parallel
     if per_run is None:
         if len(gpus) % parallel:
-            raise ValueError(f"--parallel {parallel} does not divide the {len(gpus)} visible "
+            raise UserError(f"--parallel {parallel} does not divide the {len(gpus)} visible "
                              f"GPUs ({','.join(gpus)}); give --devices-per-run as well")
         per_run = len(gpus) // parallel
     elif per_run * parallel > len(gpus):
-        raise ValueError(f"--parallel {parallel} x --devices-per-run {per_run} needs "
+        raise UserError(f"--parallel {parallel} x --devices-per-run {per_run} needs "
                          f"{parallel * per_run} GPUs; {len(gpus)} are visible ({','.join(gpus)})")
     return [gpus[i * per_run:(i + 1) * per_run] for i in range(parallel)]
 
@@ -106,7 +107,7 @@ def only_runner(sweep_dir: Path, name: str):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"sweep {name} is being run by another runner "
+            raise UserError(f"sweep {name} is being run by another runner "
                              f"(it holds {sweep_dir / '.lock'})") from None
         yield
 

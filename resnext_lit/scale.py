@@ -14,6 +14,8 @@ paper's was 32 images per GPU (8 GPUs), and the start-up line says when ours dif
 
 from __future__ import annotations
 
+from .errors import UserError
+
 REFERENCE_BATCH = 256  # the paper's lr 0.1 is for 256 images per step (Sec. 4, Goyal et al.)
 SCALE_KEYS = ("world_size", "per_device_batch", "accumulate_grad_batches", "global_batch", "lr")
 
@@ -22,7 +24,7 @@ def per_device_batch(global_batch: int, world_size: int, accumulate: int) -> int
     """Images per device and step for `global_batch`; one-line ValueError if it does not divide."""
     share = world_size * accumulate
     if global_batch % share:
-        raise ValueError(f"global_batch_size={global_batch} does not divide over {world_size} "
+        raise UserError(f"global_batch_size={global_batch} does not divide over {world_size} "
                          f"process(es) x {accumulate} accumulation step(s); choose a multiple "
                          f"of {share} or change the devices")
     return global_batch // share
@@ -44,7 +46,7 @@ def apply_global_batch(datamodule, global_batch: int | None, world_size: int,
         return
     derived = per_device_batch(global_batch, world_size, accumulate)
     if getattr(datamodule, "batch_size", None) is None:
-        raise ValueError(f"global_batch_size needs a DataModule with `batch_size`; "
+        raise UserError(f"global_batch_size needs a DataModule with `batch_size`; "
                          f"{type(datamodule).__name__} has none")
     datamodule.batch_size = derived
 

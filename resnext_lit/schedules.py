@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .errors import UserError
+
 SCHEDULES = ("step", "cosine", "triangular")
 TRIANGULAR_START = 1e-4  # ffcv-imagenet starts its ramp at 1e-4 x the peak lr, not at 0
 
@@ -27,16 +29,16 @@ def check_schedule(schedule: str, max_epochs: int, milestones: Sequence[int] = (
                    warmup_epochs: float = 0.0, peak_epoch: float = 2.0) -> None:
     """One-line ValueErrors for a schedule that cannot run as asked, before any training."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"model.schedule must be one of {', '.join(SCHEDULES)}, "
+        raise UserError(f"model.schedule must be one of {', '.join(SCHEDULES)}, "
                          f"got {schedule!r}")
     if schedule == "step" and any(m <= 0 or m >= max_epochs for m in milestones):
-        raise ValueError(f"model.milestones {list(milestones)} must lie inside "
+        raise UserError(f"model.milestones {list(milestones)} must lie inside "
                          f"(0, trainer.max_epochs={max_epochs})")
     if not 0 <= warmup_epochs < max_epochs:
-        raise ValueError(f"model.warmup_epochs={warmup_epochs} must be in "
+        raise UserError(f"model.warmup_epochs={warmup_epochs} must be in "
                          f"[0, trainer.max_epochs={max_epochs})")
     if schedule == "triangular" and not 0 < peak_epoch < max_epochs:
-        raise ValueError(f"model.peak_epoch={peak_epoch} must be in "
+        raise UserError(f"model.peak_epoch={peak_epoch} must be in "
                          f"(0, trainer.max_epochs={max_epochs})")
 
 
@@ -54,4 +56,4 @@ def lr_factor(schedule: str, epoch: float, max_epochs: int, milestones: Sequence
         # (the max() guards smoke runs, e.g. fast_dev_run's single epoch, from dividing by 0)
         progress = max(0.0, epoch - warmup_epochs) / max(max_epochs - warmup_epochs, 1e-9)
         return warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")

@@ -16,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .errors import UserError
+
 # Above this share of an epoch waiting for the next batch (`train/data_wait_frac`, from
 # `resnext_lit.input_bound.DataWait`), a faster loader is worth a look: it could buy up to
 # 1 / (1 - 0.2) = 1.25x. Below it, costs that share the gap and that no loader change removes (the
@@ -27,7 +29,7 @@ INPUT_BOUND_FRAC = 0.2
 def newest_results(root: Path) -> Path:
     found = sorted(root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise ValueError(f"no results.json under {root}")
+        raise UserError(f"no results.json under {root}")
     return found[-1]
 
 

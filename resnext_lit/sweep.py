@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_json_atomic
+from .errors import UserError
 from .runner import (STOP_TIMEOUT_S, gpu_slots, only_runner, run_all, sharing,
                      visible_gpus)
 
@@ -49,15 +50,15 @@ def load_sweep(path: str | Path) -> dict:
     try:
         text = Path(path).read_text()
     except OSError as err:
-        raise ValueError(f"cannot read sweep file {path}: {err.strerror}") from None
+        raise UserError(f"cannot read sweep file {path}: {err.strerror}") from None
     try:
         config = yaml.safe_load(text)  # safe: a sweep file is data, never code
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: a sweep file is a mapping (method, metric, parameters, ...)")
+        raise UserError(f"{path}: a sweep file is a mapping (method, metric, parameters, ...)")
     with warnings.catch_warnings():  # sweeps' pydantic config warns on import; not ours to fix
         warnings.simplefilter("ignore")
         from sweeps.config import schema_violations_from_proposed_config
@@ -66,7 +67,7 @@ def load_sweep(path: str | Path) -> dict:
     except ValueError as err:
         problems = [str(err)]
     if problems:
-        raise ValueError(f"{path}: {problems[0]}")
+        raise UserError(f"{path}: {problems[0]}")
     _check_no_nulls(config["parameters"], path)
     return config
 
@@ -77,7 +78,7 @@ def _check_no_nulls(parameters: dict, path, prefix: str = "") -> None:
         if "parameters" in spec:
             _check_no_nulls(spec["parameters"], path, f"{prefix}{name}.")
         elif spec.get("value", 0) is None or None in (spec.get("values") or []):
-            raise ValueError(f"{path}: parameter {prefix}{name} has a null value; "
+            raise UserError(f"{path}: parameter {prefix}{name} has a null value; "
                              "the agent would pass the string 'None'")
 
 
@@ -87,10 +88,10 @@ def grid_points(config: dict, count: int | None = None) -> list[dict]:
         warnings.simplefilter("ignore")
         import sweeps
     if config["method"] not in METHODS:
-        raise ValueError(f"method {config['method']!r} needs a W&B server (`wandb agent`); "
+        raise UserError(f"method {config['method']!r} needs a W&B server (`wandb agent`); "
                          f"the local runner runs {' and '.join(METHODS)} sweeps")
     if config["method"] == "random" and not count:
-        raise ValueError("a random sweep never ends: give --count")
+        raise UserError("a random sweep never ends: give --count")
     n = count if config["method"] == "random" else 100_000  # a grid ends itself
     runs = sweeps.next_runs(config, [], validate=True, n=n)
     return [{k: v["value"] for k, v in run.config.items()} for run in runs if run is not None]
@@ -103,7 +104,7 @@ def agent_argv(config: dict, params: dict, allow_any_command: bool = False) -> l
     template = [str(c) for c in config.get("command") or AGENT_DEFAULT_COMMAND]
     body = template[1:] if template[:1] == ["${env}"] else template
     if not allow_any_command and body[:3] != ["${interpreter}", *OUR_CLI]:
-        raise ValueError(f"command {' '.join(template)!r} does not start this project's CLI "
+        raise UserError(f"command {' '.join(template)!r} does not start this project's CLI "
                          "(${interpreter} -m resnext_lit ...); pass --allow-any-command to run "
                          "it anyway")
     macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
@@ -115,7 +116,7 @@ def agent_argv(config: dict, params: dict, allow_any_command: bool = False) -> l
     for token in template:
         if token.startswith("${") and token.endswith("}"):
             if token[2:-1] not in macros or token[2:-1] == "args_json_file":
-                raise ValueError(f"command macro {token} is not supported by the local runner")
+                raise UserError(f"command macro {token} is not supported by the local runner")
             argv += [str(v) for v in macros[token[2:-1]]]
         else:
             argv.append(token)
@@ -213,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for flag in ("count", "parallel", "devices_per_run"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.stop_timeout < 0:
-        raise ValueError("--stop-timeout must be 0 or more seconds")
+        raise UserError("--stop-timeout must be 0 or more seconds")
     return run_sweep(args.sweep_file, args.runs_dir, args.count, args.dry_run, args.online,
                      args.allow_any_command, args.parallel, args.devices_per_run,
                      args.stop_timeout)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cells import NETWORK, RECIPE, Cell, describe, differences, picker, setting_of, summarize
+from .errors import UserError
 from .models import model_entry
 from .models.registry import FIG7_WIDE, TABLE3, TABLE3_SETTINGS
 
@@ -385,10 +386,10 @@ def load_local(runs_dir: str | Path) -> list[dict]:
     """Every results.json under `runs_dir` (links followed, each file once)."""
     root = Path(runs_dir)
     if not root.is_dir():
-        raise ValueError(f"--runs {root}: no such folder")
+        raise UserError(f"--runs {root}: no such folder")
     paths = {p.resolve() for p in root.rglob("results.json")}
     if not paths:
-        raise ValueError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
+        raise UserError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
                          "or run a sweep first")
     return [_read_record(p) for p in sorted(paths)]
 
@@ -397,7 +398,7 @@ def _read_record(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable results.json ({err})") from None
+        raise UserError(f"{path}: not a readable results.json ({err})") from None
 
 
 def record_from_wandb(run) -> dict:
@@ -444,7 +445,7 @@ def load_wandb(sweep_path: str) -> list[dict]:  # needs a W&B server; not testab
 
     url = wandb.setup().settings.base_url
     if not has_credentials(url) or not reachable(url):  # fail in one line, not after retries
-        raise ValueError(f"--sweep needs W&B credentials and {url}; use --runs offline")
+        raise UserError(f"--sweep needs W&B credentials and {url}; use --runs offline")
     sweep = wandb.Api(timeout=30).sweep(sweep_path)
     return [record_from_wandb(run) for run in sweep.runs]
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build .gpu/ (gitignored, ~25 MB): what benchmarks/gpu.sh installs on the lent GPU machine,
+# Build .gpu/ (gitignored, ~25 MB): what resnext_lit/bench/gpu.sh installs on the lent GPU machine,
 # which has Python 3.12 with torch, lightning, numba and opencv but no internet, no ffcv and no
 # jsonargparse (resnext_lit.module needs it).
 #
 #   scripts/prepare_gpu_carry.sh      # here, ~30 s (needs the FFCV set-up's apt packages)
-#   then, through the device tool:  command "bash benchmarks/gpu.sh", carry [".gpu"]
+#   then, through the device tool:  command "bash resnext_lit/bench/gpu.sh", carry [".gpu"]
 #
 # .gpu/wheels: ffcv 1.0.2 built for cp312 against this machine's libturbojpeg and OpenCV, and
 #              the pure-Python packages it and we import that the GPU machine lacks;

@@ -249,7 +249,7 @@ def test_workers_above_the_cores_warn_and_train(bad, tmp_path):
 def test_in_memory_datamodules_clip_workers_too(datamodule):
     import importlib
 
-    from resnext_lit.data.shards import usable_cores
+    from resnext_lit.data.distributed import usable_cores
 
     module, name = datamodule.split(".")
     cls = getattr(importlib.import_module(f"resnext_lit.data.{module}"), name)

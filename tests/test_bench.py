@@ -123,7 +123,7 @@ def gpu_dry_run(tmp_path: Path, blocked: tuple[str, ...]) -> tuple[dict, str]:
 
 
 def test_gpu_dry_run_without_wandb(tmp_path):
-    """`benchmarks/gpu.sh`'s Python, on CPU: every part but torch.compile, FFCV included."""
+    """`resnext_lit/bench/gpu.sh`'s Python, on CPU: every part but torch.compile, FFCV included."""
     rec, _ = gpu_dry_run(tmp_path, ("wandb",))
     check_record(rec, "gpu", {"raw_eager", "lightning_eager", "ffcv_loader_only",
                               "synthetic_32_eager", "ffcv_32_eager"},
@@ -145,7 +145,7 @@ def test_gpu_dry_run_skips_the_ffcv_part_in_one_line_without_ffcv(tmp_path):
 
 
 def test_shell_scripts_parse():
-    for script in ("benchmarks/gpu.sh", "scripts/prepare_gpu_carry.sh"):
+    for script in ("resnext_lit/bench/gpu.sh", "scripts/prepare_gpu_carry.sh"):
         assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
 
 

@@ -26,10 +26,10 @@ from PIL import Image
 from scipy.io import savemat
 
 from resnext_lit.cli import main as cli
-from resnext_lit.data.beton import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
+from resnext_lit.data.beton.write import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
 from resnext_lit.data.images import BadImage, load_rgb
-from resnext_lit.data.workers import WriteFailed
-from resnext_lit.data.sidecar import read_beton_info, sidecar_path
+from resnext_lit.data.beton.processes import WriteFailed
+from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_TIMEOUT_S = 120  # a hung writer fails the test instead of the whole run

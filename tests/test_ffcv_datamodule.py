@@ -25,8 +25,8 @@ from resnext_lit.data.beton import write_beton
 from resnext_lit.data.ffcv import FFCVDataModule, ProgressiveResizing
 from resnext_lit.data.folder import ImageFolderDataModule
 from resnext_lit.data.images import export_imagefolder, load_rgb
-from resnext_lit.data.shards import ExactShardSampler, rank_slice
-from resnext_lit.data.sidecar import read_beton_info, sidecar_path
+from resnext_lit.data.distributed import ExactShardSampler, rank_slice
+from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
 
 COLOUR_TOLERANCE = 8  # 0-255 levels: JPEG at quality 90 and resizing of flat colours
 SLOW_CONSUMER_S = 0.03

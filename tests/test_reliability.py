@@ -383,7 +383,7 @@ def test_class_names_from_a_sidecar_never_reach_outside_the_image_folder(tmp_pat
     "../outside" must not make it read files outside the folder it was given."""
     from PIL import Image
 
-    from resnext_lit.data.beton import _plan
+    from resnext_lit.data.beton.write import _plan
 
     for folder in ("val/ant", "val/bee", "outside"):
         (tmp_path / folder).mkdir(parents=True)

@@ -11,7 +11,7 @@
   (`loop.py`). Goal: >= 0.95x the raw loop's images/s.
 - model: our form-(c) ResNeXt vs torchvision's identical network, forward + backward; forms
   (a) and (b) vs (c) (`model.py`). Goal: <= 1.02x torchvision's time.
-- gpu: ResNeXt-50 training throughput on one CUDA GPU (`gpu.py`; run by `benchmarks/gpu.sh`).
+- gpu: ResNeXt-50 training throughput on one CUDA GPU (`gpu.py`; run by `resnext_lit/bench/gpu.sh`).
 
 Each prints Rich tables and writes one JSON file (default `runs/bench/<name>.json`): hardware,
 versions, settings, every repeat, medians, and each ratio with its goal. Exit status 0 even when
@@ -25,6 +25,7 @@ import importlib
 import time
 from pathlib import Path
 
+from ..errors import UserError
 from .common import render, write
 
 BENCHMARKS = ("loader", "loop", "model")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return gpu.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.repeats is not None and args.repeats < 5:
-        raise ValueError(f"bench needs --repeats >= 5 (a median of fewer is noise), "
+        raise UserError(f"bench needs --repeats >= 5 (a median of fewer is noise), "
                          f"got {args.repeats}")
     names = BENCHMARKS if args.which == "all" else (args.which,)
     out = args.out or DEFAULT_DIR / f"{args.which}{'_tiny' if args.tiny else ''}.json"

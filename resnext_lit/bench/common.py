@@ -24,6 +24,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import UserError
+
+
 GOAL_OPS = {">=": operator.ge, "<=": operator.le}
 
 
@@ -89,7 +92,7 @@ class Report:
                 lower_is_better: bool = False, **extra) -> dict:
         """Record the repeats of one contender; its median is the figure."""
         if not values:
-            raise ValueError(f"{self.name}: no repeat measured for {name}")
+            raise UserError(f"{self.name}: no repeat measured for {name}")
         entry = {"median": median(values), "repeats": [float(v) for v in values],
                  "n": len(values), "warmup": warmup, "unit": unit,
                  "lower_is_better": lower_is_better, **extra}

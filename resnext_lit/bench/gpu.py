@@ -1,6 +1,6 @@
-"""ResNeXt-50 32x4d training throughput on one CUDA GPU; `benchmarks/gpu.sh` runs it.
+"""ResNeXt-50 32x4d training throughput on one CUDA GPU; `resnext_lit/bench/gpu.sh` runs it.
 
-    benchmarks/gpu.sh                              # on the GPU machine: JSON + log to $OUT
+    resnext_lit/bench/gpu.sh                              # on the GPU machine: JSON + log to $OUT
     python -m resnext_lit bench gpu --dry-run      # the same code path on CPU, tiny, seconds
 
 Parts, each written to the JSON as soon as it ends, each skipped with one line when the time
@@ -45,7 +45,7 @@ DRY = dict(arch="resnext29_8x64d", depth=11, cardinality=2, bottleneck_width=4, 
 GOAL_IMAGES_PER_S = 5000
 # Seconds each part is expected to need, beyond the compilation times measured on the way.
 EAGER_S, COMPILED_RUNS_S, E2E_S = 60, 30, 90
-WATCHDOG_GRACE_S = 30  # after the budget; benchmarks/gpu.sh's own timeout comes later still
+WATCHDOG_GRACE_S = 30  # after the budget; resnext_lit/bench/gpu.sh's own timeout comes later still
 
 
 class Budget:
@@ -331,5 +331,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # benchmarks/gpu.sh: no CLI import (the GPU machine lacks its extras)
+if __name__ == "__main__":  # resnext_lit/bench/gpu.sh: no CLI import (the GPU machine lacks its extras)
     sys.exit(main(sys.argv[1:]))

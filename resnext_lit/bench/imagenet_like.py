@@ -29,6 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
+
+
 FORMAT = 1  # bump when the generator changes, so old caches are rebuilt
 JPEG_QUALITY = 90
 DEFAULT_CLASSES = 10
@@ -138,7 +141,7 @@ def ensure_dataset(data_dir, num_images: int = 2000, seed: int = 0, tiny: bool =
     scale = TINY_SCALE if tiny else 1.0
     workers = workers or os.cpu_count() or 1
     if not 1 <= num_classes <= num_images:
-        raise ValueError(f"num_classes must be in 1..num_images, got {num_classes}")
+        raise UserError(f"num_classes must be in 1..num_images, got {num_classes}")
     root = Path(data_dir) / (f"imagenet_like_n{num_images}_c{num_classes}_s{seed}"
                              f"{'_tiny' if tiny else ''}")
     train_dir, beton, manifest = root / "train", root / "train.beton", root / "manifest.json"

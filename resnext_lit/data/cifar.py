@@ -27,8 +27,9 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
+from ..errors import UserError
 from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, TensorImages
-from .shards import ExactShardSampler, clip_workers, rank_and_world
+from .distributed import ExactShardSampler, clip_workers, rank_and_world
 
 IMAGE_SIZE = 32
 # Per class count: the folder, its train and test files, the label key, channel statistics.
@@ -59,9 +60,9 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} is not a CIFAR batch file: {err}") from None
+        raise UserError(f"{path} is not a CIFAR batch file: {err}") from None
     if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE ** 2 or len(data) != len(labels):
-        raise ValueError(f"{path} is not a CIFAR batch file: data {data.shape}, "
+        raise UserError(f"{path} is not a CIFAR batch file: data {data.shape}, "
                          f"{len(labels)} labels")
     return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
 
@@ -88,7 +89,7 @@ class CIFARDataModule(LightningDataModule):
                  num_workers: NonNegativeInt = 4):
         super().__init__()
         if num_classes not in RELEASES:  # a plain int: Lightning wants the model's type
-            raise ValueError(f"data.num_classes must be 10 (CIFAR-10) or 100 (CIFAR-100), "
+            raise UserError(f"data.num_classes must be 10 (CIFAR-10) or 100 (CIFAR-100), "
                              f"got {num_classes}")
         self.save_hyperparameters()
         release, self.label_key, self.mean, self.std = RELEASES[num_classes]
@@ -98,7 +99,7 @@ class CIFARDataModule(LightningDataModule):
         missing = [name for files in self.files.values() for name, _ in files
                    if not (self.folder / name).is_file()]
         if missing:  # now, before any model is built
-            raise ValueError(f"{self.folder / missing[0]} does not exist: extract "
+            raise UserError(f"{self.folder / missing[0]} does not exist: extract "
                              f"cifar-{num_classes}-python.tar.gz under data.root={root}")
         self.num_classes, self.batch_size = num_classes, batch_size
         self.num_workers = clip_workers(num_workers)
@@ -115,7 +116,7 @@ class CIFARDataModule(LightningDataModule):
         parts = [read_batch(self.folder / name, self.label_key) for name, _ in self.files[split]]
         images, labels = (torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
         if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"{self.folder}: labels outside 0..{self.num_classes - 1} in "
+            raise UserError(f"{self.folder}: labels outside 0..{self.num_classes - 1} in "
                              f"the {split} files")
         return images, labels
 

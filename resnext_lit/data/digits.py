@@ -18,8 +18,9 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD, TensorImages
-from .shards import clip_workers
+from .distributed import clip_workers
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -51,7 +52,7 @@ class DigitsDataModule(LightningDataModule):
                  num_workers: NonNegativeInt = 0, seed: int = 0):
         super().__init__()
         if not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+            raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.batch_size, self.image_size = batch_size, image_size
         self.num_workers = clip_workers(num_workers)

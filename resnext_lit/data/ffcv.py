@@ -50,9 +50,10 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import Callback, LightningDataModule
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from ..errors import UserError
 from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
-from .shards import clip_workers, rank_and_world, rank_slice, usable_cores
-from .sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
+from .distributed import clip_workers, rank_and_world, rank_slice, usable_cores
+from .beton.sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 
 RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
 MIN_BATCHES_AHEAD = 2  # one batch queued while Lightning holds two (`_HeldBatchesIterator`)
@@ -161,23 +162,23 @@ class FFCVDataModule(LightningDataModule):
                             ("val_batch_size", val_batch_size or 1),
                             ("batches_ahead", batches_ahead), ("num_workers", num_workers)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+                raise UserError(f"data.{name} must be a positive integer, got {value!r}")
         if batches_ahead < MIN_BATCHES_AHEAD:
-            raise ValueError(f"data.batches_ahead must be >= {MIN_BATCHES_AHEAD} (Lightning holds "
+            raise UserError(f"data.batches_ahead must be >= {MIN_BATCHES_AHEAD} (Lightning holds "
                              f"two batches at a time), got {batches_ahead}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise UserError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
         if not 0 < val_crop_ratio <= 1:
-            raise ValueError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
+            raise UserError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
         if order not in ORDERS:
-            raise ValueError(f"data.order must be one of {', '.join(ORDERS)}, got {order!r}")
+            raise UserError(f"data.order must be one of {', '.join(ORDERS)}, got {order!r}")
         if order == "quasi_random" and os_cache:
-            raise ValueError("data.order=quasi_random needs data.os_cache=false "
+            raise UserError("data.order=quasi_random needs data.os_cache=false "
                              "(FFCV plans its reads over its own page cache)")
         self.save_hyperparameters()
         train_info, val_info = _split_infos(train_path, val_path, classes)
         if val_info["classes"] != train_info["classes"]:
-            raise ValueError(f"{val_path} was written with other classes than {train_path} "
+            raise UserError(f"{val_path} was written with other classes than {train_path} "
                              f"({len(val_info['classes'])} vs {len(train_info['classes'])}); "
                              "write val with --train or --classes pointing at the train split")
         self.num_classes: int = len(train_info["classes"])
@@ -199,7 +200,7 @@ class FFCVDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         _, world = rank_and_world(self.trainer)
         if self.hparams.order == "quasi_random" and world > 1:
-            raise ValueError("data.order=quasi_random works on one process only (FFCV); "
+            raise UserError("data.order=quasi_random works on one process only (FFCV); "
                              "use data.order=random under DDP")
 
     def _common(self) -> dict:
@@ -252,7 +253,7 @@ def _split_infos(train_path, val_path, classes) -> tuple[dict, dict]:
         names = resolve_classes(classes)
         for path, info in zip(paths, checked):
             if info is not None and info["classes"] != names:
-                raise ValueError(f"data.classes ({len(names)} names) differs from the classes "
+                raise UserError(f"data.classes ({len(names)} names) differs from the classes "
                                  f"in the sidecar of {path} ({len(info['classes'])})")
     else:
         names = next((info["classes"] for info in checked if info is not None), None)
@@ -290,11 +291,11 @@ class ProgressiveResizing(Callback):
                  start_ramp: NonNegativeInt | None = None, end_ramp: NonNegativeInt | None = None):
         super().__init__()
         if min_res % RES_STEP or max_res % RES_STEP or not 0 < min_res <= max_res:
-            raise ValueError(f"ProgressiveResizing: min_res ({min_res}) <= max_res ({max_res}) "
+            raise UserError(f"ProgressiveResizing: min_res ({min_res}) <= max_res ({max_res}) "
                              f"must be positive multiples of {RES_STEP}")
         if (start_ramp is None) != (end_ramp is None) or (
                 start_ramp is not None and not 0 <= start_ramp <= end_ramp):
-            raise ValueError(f"ProgressiveResizing: need 0 <= start_ramp ({start_ramp}) <= "
+            raise UserError(f"ProgressiveResizing: need 0 <= start_ramp ({start_ramp}) <= "
                              f"end_ramp ({end_ramp}), or neither (ffcv-imagenet's ramp)")
         self.min_res, self.max_res = min_res, max_res
         self.start_ramp, self.end_ramp = start_ramp, end_ramp
@@ -304,7 +305,7 @@ class ProgressiveResizing(Callback):
         if self.start_ramp is not None:
             return self.start_ramp, self.end_ramp
         if max_epochs not in FFCV_IMAGENET_RAMPS:
-            raise ValueError(f"ProgressiveResizing: ffcv-imagenet has no ramp for "
+            raise UserError(f"ProgressiveResizing: ffcv-imagenet has no ramp for "
                              f"trainer.max_epochs={max_epochs} (it has "
                              f"{', '.join(map(str, FFCV_IMAGENET_RAMPS))}); give start_ramp "
                              "and end_ramp")
@@ -321,7 +322,7 @@ class ProgressiveResizing(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not isinstance(trainer.datamodule, FFCVDataModule):
-            raise ValueError("ProgressiveResizing needs data: FFCVDataModule, got "
+            raise UserError("ProgressiveResizing needs data: FFCVDataModule, got "
                              f"{type(trainer.datamodule).__name__}")
         if self.start_ramp is None and trainer.fast_dev_run:  # a smoke run: min_res, no ramp
             self.start_ramp = self.end_ramp = 1

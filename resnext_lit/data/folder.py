@@ -28,10 +28,11 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ..errors import UserError
 from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
 from .images import BadImage, list_classes, list_image_folder, load_rgb
 from .imagenet_val import flat_val_samples, read_val_labels
-from .shards import ExactShardSampler, clip_workers, rank_and_world
+from .distributed import ExactShardSampler, clip_workers, rank_and_world
 
 
 
@@ -104,17 +105,17 @@ class ImageFolderDataModule(LightningDataModule):
         for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
                             ("val_batch_size", val_batch_size or 1)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+                raise UserError(f"data.{name} must be a positive integer, got {value!r}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+            raise UserError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
         if not 0 < val_crop_ratio <= 1:
-            raise ValueError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
+            raise UserError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
         self.save_hyperparameters()
         self.classes: list[str] = list_classes(train_dir)  # a directory listing: cheap
         if val_labels is None:
             list_classes(val_dir)  # fail now, not after the first epoch, on a missing val tree
         elif not Path(val_dir).expanduser().is_dir():
-            raise ValueError(f"validation folder {val_dir} does not exist or is not a folder")
+            raise UserError(f"validation folder {val_dir} does not exist or is not a folder")
         self.num_classes: int = len(self.classes)
         self.image_size: int = res
         self.val_image_size: int = val_res

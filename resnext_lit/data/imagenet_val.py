@@ -21,6 +21,7 @@ import csv
 import os
 from pathlib import Path
 
+from ..errors import UserError
 from .images import IMAGE_EXTENSIONS
 
 DEVKIT_STEM = "ILSVRC2012_val_{:08d}"  # line i (1-based) of the devkit ground truth
@@ -31,7 +32,7 @@ def read_synsets(path: str | os.PathLike) -> list[str]:
     """WNIDs in ILSVRC2012_ID order (entry k-1 is ID k), from meta.mat or a one-per-line file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"synset mapping {path} does not exist")
+        raise UserError(f"synset mapping {path} does not exist")
     if path.suffix == ".mat":
         from scipy.io import loadmat  # scipy comes with scikit-learn; only this format needs it
 
@@ -40,15 +41,15 @@ def read_synsets(path: str | os.PathLike) -> list[str]:
             by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets
                      if 1 <= int(s["ILSVRC2012_ID"]) <= NUM_ILSVRC_CLASSES}
         except (KeyError, ValueError, TypeError, IndexError) as err:
-            raise ValueError(f"{path} is not the devkit's meta.mat (no synsets/WNID: "
+            raise UserError(f"{path} is not the devkit's meta.mat (no synsets/WNID: "
                              f"{err})") from None
         wnids = [by_id.get(k) for k in range(1, len(by_id) + 1)]
         if not wnids or None in wnids:
-            raise ValueError(f"{path}: ILSVRC2012_IDs are not 1..{len(by_id)}")
+            raise UserError(f"{path}: ILSVRC2012_IDs are not 1..{len(by_id)}")
         return wnids
     words = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not words:
-        raise ValueError(f"synset list {path} is empty")
+        raise UserError(f"synset list {path} is empty")
     return words
 
 
@@ -57,21 +58,21 @@ def read_val_labels(labels_file: str | os.PathLike,
     """Map image stem (file name without extension) -> class name (WNID)."""
     labels_file = Path(labels_file).expanduser()
     if not labels_file.is_file():
-        raise ValueError(f"validation labels {labels_file} do not exist")
+        raise UserError(f"validation labels {labels_file} do not exist")
     if labels_file.suffix.lower() == ".csv":
         with open(labels_file, newline="") as fh:
             rows = list(csv.reader(fh))
         if not rows or [c.strip() for c in rows[0][:2]] != ["ImageId", "PredictionString"]:
-            raise ValueError(f"{labels_file} is not a LOC_val_solution.csv "
+            raise UserError(f"{labels_file} is not a LOC_val_solution.csv "
                              "(header ImageId,PredictionString)")
         labels = {}
         for number, row in enumerate(rows[1:], start=2):
             if len(row) < 2 or not row[1].split():
-                raise ValueError(f"{labels_file}:{number}: no synset in {row!r}")
+                raise UserError(f"{labels_file}:{number}: no synset in {row!r}")
             labels[row[0].strip()] = row[1].split()[0]
         return labels
     if synsets_file is None:
-        raise ValueError(f"{labels_file.name} holds ILSVRC2012_IDs; pass --synsets with the "
+        raise UserError(f"{labels_file.name} holds ILSVRC2012_IDs; pass --synsets with the "
                          "devkit's meta.mat (or a WNID-per-line file in ID order)")
     wnids = read_synsets(synsets_file)
     labels = {}
@@ -79,9 +80,9 @@ def read_val_labels(labels_file: str | os.PathLike,
         try:
             class_id = int(line)
         except ValueError:
-            raise ValueError(f"{labels_file}:{number}: {line!r} is not an ILSVRC2012_ID") from None
+            raise UserError(f"{labels_file}:{number}: {line!r} is not an ILSVRC2012_ID") from None
         if not 1 <= class_id <= len(wnids):
-            raise ValueError(f"{labels_file}:{number}: ILSVRC2012_ID {class_id} is not in "
+            raise UserError(f"{labels_file}:{number}: ILSVRC2012_ID {class_id} is not in "
                              f"1..{len(wnids)} of {synsets_file}")
         labels[DEVKIT_STEM.format(number)] = wnids[class_id - 1]
     return labels
@@ -93,11 +94,11 @@ def flat_val_samples(folder: str | os.PathLike, labels: dict[str, str], classes:
     `(path, reason)` for image files the ground truth does not mention."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ValueError(f"validation folder {folder} does not exist or is not a folder")
+        raise UserError(f"validation folder {folder} does not exist or is not a folder")
     index_of = {name: i for i, name in enumerate(classes)}
     unknown = sorted({wnid for wnid in labels.values() if wnid not in index_of})
     if unknown:
-        raise ValueError(f"validation labels name classes that are not train classes: "
+        raise UserError(f"validation labels name classes that are not train classes: "
                          f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     samples, unlabelled = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
@@ -109,6 +110,6 @@ def flat_val_samples(folder: str | os.PathLike, labels: dict[str, str], classes:
         else:
             samples.append((entry.path, index_of[wnid]))
     if not samples:
-        raise ValueError(f"no image in {folder} has a label in the ground truth "
+        raise UserError(f"no image in {folder} has a label in the ground truth "
                          f"(expected names like {DEVKIT_STEM.format(1)}.JPEG)")
     return samples, unlabelled

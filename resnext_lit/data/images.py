@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
+
 # torchvision's IMG_EXTENSIONS: the same files count as images here and in torchvision.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 EXPORT_JPEG_QUALITY = 95
@@ -32,10 +34,10 @@ def list_classes(root: str | os.PathLike) -> list[str]:
     class indices agree with `torchvision.datasets.ImageFolder`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a folder")
+        raise UserError(f"image folder {root} does not exist or is not a folder")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise ValueError(f"image folder {root} has no class sub-folders "
+        raise UserError(f"image folder {root} has no class sub-folders "
                          "(expected ROOT/<class>/<image>)")
     return classes
 
@@ -56,7 +58,7 @@ def list_image_folder(root: str | os.PathLike, classes: list[str]) -> list[tuple
     present = list_classes(root)
     unknown = sorted(set(present) - set(classes))
     if unknown:
-        raise ValueError(f"{root} has class folders that are not in the class list: "
+        raise UserError(f"{root} has class folders that are not in the class list: "
                          f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     samples = []
     for index, name in enumerate(classes):
@@ -64,7 +66,7 @@ def list_image_folder(root: str | os.PathLike, classes: list[str]) -> list[tuple
             continue  # a val split may lack a class; its count in the sidecar says so
         files = _image_files(str(root / name))
         if not files:
-            raise ValueError(f"class folder {root / name} has no image files "
+            raise UserError(f"class folder {root / name} has no image files "
                              f"({'/'.join(IMAGE_EXTENSIONS)})")
         samples += [(path, index) for path in files]
     return samples
@@ -127,7 +129,7 @@ def export_imagefolder(images_uint8_nhwc, labels, class_names: list[str],
     images = np.asarray(images_uint8_nhwc)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
-        raise ValueError(f"export_imagefolder wants uint8 [N,H,W(,3)] images and N labels, got "
+        raise UserError(f"export_imagefolder wants uint8 [N,H,W(,3)] images and N labels, got "
                          f"{images.dtype} {images.shape} and {labels.shape}")
     root = Path(root)
     for name in class_names:

@@ -11,8 +11,9 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD
-from .shards import clip_workers
+from .distributed import clip_workers
 
 
 class SyntheticDataModule(LightningDataModule):
@@ -25,7 +26,7 @@ class SyntheticDataModule(LightningDataModule):
                  batch_size: PositiveInt = 32, num_workers: NonNegativeInt = 0, seed: int = 0):
         super().__init__()
         if num_classes < 1:  # a plain int: Lightning wants the model's and data's types equal
-            raise ValueError(f"data.num_classes must be >= 1, got {num_classes}")
+            raise UserError(f"data.num_classes must be >= 1, got {num_classes}")
         self.save_hyperparameters()
         self.num_classes, self.image_size, self.batch_size = num_classes, image_size, batch_size
         self.num_workers = clip_workers(num_workers)

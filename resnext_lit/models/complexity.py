@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import UserError
 from .resnext import Bottleneck
 
 # Table 2's template: the conv2-stage block of ResNet-50 (C = 1, d = 64), 256-d in and out.
@@ -54,7 +55,7 @@ def solve_bottleneck_width(cardinality: int, template: tuple[int, int] = TEMPLAT
     of it and its predecessor lands closer (ties go to the smaller, cheaper d).
     """
     if not isinstance(cardinality, int) or cardinality < 1:
-        raise ValueError(f"cardinality must be an integer >= 1, got {cardinality!r}")
+        raise UserError(f"cardinality must be an integer >= 1, got {cardinality!r}")
     target = block_cost(*template)
     lo, hi = 1, 1
     while block_cost(cardinality, hi) < target:

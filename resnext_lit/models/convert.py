@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .resnext import FORMS, Bottleneck, ResNeXt
 
 _BN_STATE = ("weight", "bias", "running_mean", "running_var")
@@ -66,7 +67,7 @@ def load_grouped_weights(block: Bottleneck, weights: dict[str, torch.Tensor]) ->
 def copy_form(src: ResNeXt, dst: ResNeXt) -> None:
     """Set `dst` to compute exactly what `src` computes: the same network in any two forms."""
     if {**src.config, "form": "c"} != {**dst.config, "form": "c"}:
-        raise ValueError(f"copy_form needs the same network in two forms, got {src.config} "
+        raise UserError(f"copy_form needs the same network in two forms, got {src.config} "
                          f"and {dst.config}")
     # Stem, shortcuts and classifier are the same in every form: copy them by name.
     names = dst.state_dict().keys()
@@ -81,7 +82,7 @@ def copy_form(src: ResNeXt, dst: ResNeXt) -> None:
 def convert_form(model: ResNeXt, form: str) -> ResNeXt:
     """A new network of block form `form` that computes exactly what `model` computes."""
     if form not in FORMS:
-        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        raise UserError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     target = ResNeXt(**{**model.config, "form": form}).to(next(model.parameters()).device)
     target.train(model.training)
     copy_form(model, target)

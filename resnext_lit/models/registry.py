@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 
+from ..errors import UserError
 from .resnext import ResNeXt, check_block_args
 
 # Blocks per stage (paper Table 1 and Sec. 4; Sec. 5.3 for the CIFAR ResNeXt-29). Depth 11, one
@@ -29,7 +30,7 @@ _REGISTRY: dict[str, dict] = {}
 def register(name: str, depth: int, cardinality: int, bottleneck_width: int, **paper) -> None:
     """Add one variant; `paper` holds the figures the paper reports for it (for tables, tests)."""
     if name in _REGISTRY:
-        raise ValueError(f"model name {name!r} is registered twice")
+        raise UserError(f"model name {name!r} is registered twice")
     _REGISTRY[name] = dict(depth=depth, cardinality=cardinality,
                            bottleneck_width=bottleneck_width, paper=paper)
 
@@ -83,7 +84,7 @@ def model_entry(name: str) -> dict:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=4, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else "; see `python -m resnext_lit models`"
-        raise ValueError(f"unknown model {name!r}{hint}")
+        raise UserError(f"unknown model {name!r}{hint}")
     return _REGISTRY[name]
 
 
@@ -92,12 +93,12 @@ def model_config(name: str, **overrides) -> dict:
     entry = model_entry(name)
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
-        raise ValueError(f"unknown model override {unknown[0]!r}; allowed: {', '.join(OVERRIDES)}")
+        raise UserError(f"unknown model override {unknown[0]!r}; allowed: {', '.join(OVERRIDES)}")
     args = {k: v for k, v in entry.items() if k != "paper"}
     args.update({k: v for k, v in overrides.items() if v is not None})
     depth = args.pop("depth")
     if depth not in DEPTHS:
-        raise ValueError(f"depth must be one of {', '.join(map(str, DEPTHS))}, got {depth!r}")
+        raise UserError(f"depth must be one of {', '.join(map(str, DEPTHS))}, got {depth!r}")
     check_block_args(args["cardinality"], args["bottleneck_width"], args.get("form", "c"))
     stem = "cifar" if depth in CIFAR_DEPTHS else "imagenet"
     args.setdefault("num_classes", 10 if stem == "cifar" else 1000)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 FORMS = ("a", "b", "c")
 STEMS = ("imagenet", "cifar")
 EXPANSION = 4  # a bottleneck's output has 4x its `planes` channels (paper Table 1)
@@ -34,11 +36,11 @@ def group_width(planes: int, cardinality: int, bottleneck_width: int) -> int:
 def check_block_args(cardinality: int, bottleneck_width: int, form: str) -> None:
     """One-line ValueErrors for the block's hyper-parameters, raised before any module is built."""
     if not isinstance(cardinality, int) or cardinality < 1:
-        raise ValueError(f"cardinality must be an integer >= 1, got {cardinality!r}")
+        raise UserError(f"cardinality must be an integer >= 1, got {cardinality!r}")
     if not isinstance(bottleneck_width, int) or bottleneck_width < 1:
-        raise ValueError(f"bottleneck_width must be an integer >= 1, got {bottleneck_width!r}")
+        raise UserError(f"bottleneck_width must be an integer >= 1, got {bottleneck_width!r}")
     if form not in FORMS:
-        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        raise UserError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
 
 
 def blurs(in_channels: int, stride: int) -> bool:
@@ -126,7 +128,7 @@ class Bottleneck(nn.Module):
         check_block_args(cardinality, bottleneck_width, form)
         width, outplanes = group_width(planes, cardinality, bottleneck_width), planes * EXPANSION
         if width == 0:
-            raise ValueError(f"bottleneck_width={bottleneck_width} is too small: "
+            raise UserError(f"bottleneck_width={bottleneck_width} is too small: "
                              f"floor({planes} * d / 64) is 0 at planes={planes}")
         self.form, self.cardinality = form, cardinality
         blur = blurpool and blurs(width, stride)  # judged on C * d in every form (see `blurs`)
@@ -187,12 +189,12 @@ class ResNeXt(nn.Module):
         super().__init__()
         check_block_args(cardinality, bottleneck_width, form)
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+            raise UserError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         if stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+            raise UserError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         layers = tuple(layers)
         if not layers or any(not isinstance(n, int) or n < 1 for n in layers):
-            raise ValueError(f"layers must be positive block counts per stage, got {layers!r}")
+            raise UserError(f"layers must be positive block counts per stage, got {layers!r}")
         self.config = dict(layers=layers, cardinality=cardinality,
                            bottleneck_width=bottleneck_width, form=form, num_classes=num_classes,
                            stem=stem, zero_init_residual=zero_init_residual, blurpool=blurpool)

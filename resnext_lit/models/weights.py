@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .convert import copy_form
 from .resnext import ResNeXt
 
@@ -41,25 +42,25 @@ def load_failure(err: BaseException) -> tuple[str | None, str]:
 def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
     """The network tensors in `path` and what kind of file held them; one-line ValueErrors."""
     if not Path(path).is_file():
-        raise ValueError(f"weights {path}: no such file")
+        raise UserError(f"weights {path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         unsafe, reason = load_failure(err)
         if unsafe:  # e.g. torchvision's reference checkpoints pickle their argparse Namespace
-            raise ValueError(f"weights {path} holds Python objects besides tensors "
+            raise UserError(f"weights {path} holds Python objects besides tensors "
                              f"({unsafe}); save its state_dict() alone") from None
-        raise ValueError(f"weights {path} is not a readable PyTorch file (truncated or corrupt?)"
+        raise UserError(f"weights {path} is not a readable PyTorch file (truncated or corrupt?)"
                          f": {reason}") from None
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         return obj, "state dict"
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"weights {path}: neither a state dict nor a Lightning checkpoint")
+        raise UserError(f"weights {path}: neither a state dict nor a Lightning checkpoint")
     prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
     net = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not net:
-        raise ValueError(f"weights {path}: a Lightning checkpoint without `model.*` weights "
+        raise UserError(f"weights {path}: a Lightning checkpoint without `model.*` weights "
                          f"(not a resnext_lit checkpoint?)")
     return net, ("Lightning checkpoint, EMA weights" if prefix == "ema.module."
                  else "Lightning checkpoint")
@@ -80,11 +81,11 @@ def check_fits(state: dict[str, torch.Tensor], model: ResNeXt, path, name: str) 
     unexpected = [k for k in state if k not in want]
     if missing or unexpected:
         first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise ValueError(f"weights {path} do not fit {name}: {first} ({len(missing)} missing, "
+        raise UserError(f"weights {path} do not fit {name}: {first} ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected keys)")
     for key, tensor in want.items():
         if state[key].shape != tensor.shape:
-            raise ValueError(f"weights {path}: {key} is {list(state[key].shape)} but {name} has "
+            raise UserError(f"weights {path}: {key} is {list(state[key].shape)} but {name} has "
                              f"{list(tensor.shape)}")
 
 

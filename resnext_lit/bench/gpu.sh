@@ -2,7 +2,7 @@
 # ResNeXt-50 32x4d training throughput on one CUDA GPU, in one call (never in CI).
 #
 #   here:   scripts/prepare_gpu_carry.sh          # builds .gpu/ (ffcv for cp312 + libraries)
-#   there:  bash benchmarks/gpu.sh                # device tool: carry [".gpu"], timeout_s 480
+#   there:  bash resnext_lit/bench/gpu.sh                # device tool: carry [".gpu"], timeout_s 480
 #   CPU rehearsal of the same Python:  python -m resnext_lit bench gpu --dry-run
 #
 # Writes gpu.json (figures, written after each part) and gpu.log to $OUT, else runs/bench.
@@ -11,7 +11,7 @@
 # .gpu/ (or if ffcv cannot import) the FFCV-fed part is skipped with one line.
 # Extra arguments go to the benchmark (e.g. --no-compile).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT_DIR="${OUT:-runs/bench}"
 mkdir -p "$OUT_DIR"
 exec > >(tee -a "$OUT_DIR/gpu.log") 2>&1

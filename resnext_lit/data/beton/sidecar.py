@@ -2,7 +2,7 @@
 belongs to its sidecar (run by `FFCVDataModule.__init__`, before any heavy work), and what can be
 read from a beton that has no sidecar (one written by ffcv-imagenet's `write_imagenet.py`).
 
-    from resnext_lit.data.sidecar import read_beton_info, read_unchecked_info
+    from resnext_lit.data.beton.sidecar import read_beton_info, read_unchecked_info
     info = read_beton_info("betons/train.beton")   # reads betons/train.beton.json
     info["classes"], info["num_records"], info["write"]["max_side"]
     read_unchecked_info("train_500_0.50_90.ffcv")  # the same keys, from the file's labels
@@ -37,8 +37,9 @@ from ffcv.reader import Reader
 from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType,
                         TYPE_ID_HANDLER)
 
-from ..atomic import write_json_atomic
-from .images import list_classes
+from ...atomic import write_json_atomic
+from ...errors import UserError
+from ..images import list_classes
 
 SIDECAR_SUFFIX = ".json"  # train.beton -> train.beton.json
 SIDECAR_FORMAT = "resnext_lit.beton/1"
@@ -72,19 +73,19 @@ def _read_layout(beton: Path) -> tuple[np.void, list[str]]:
     ValueError if it is not a beton of image/label records."""
     header_bytes = HeaderType.itemsize
     if beton.stat().st_size < header_bytes:
-        raise ValueError(f"{beton} is not a .beton (shorter than FFCV's header)")
+        raise UserError(f"{beton} is not a .beton (shorter than FFCV's header)")
     header = np.fromfile(beton, dtype=HeaderType, count=1)[0]
     if header["version"] != CURRENT_VERSION:
-        raise ValueError(f"{beton} is not a .beton of FFCV format {CURRENT_VERSION} "
+        raise UserError(f"{beton} is not a .beton of FFCV format {CURRENT_VERSION} "
                          f"(header says version {header['version']})")
     count = int(header["num_fields"])
     descriptors = np.fromfile(beton, dtype=FieldDescType, count=count, offset=header_bytes)
     if len(descriptors) != count:
-        raise ValueError(f"{beton} is truncated inside its header")
+        raise UserError(f"{beton} is truncated inside its header")
     names = [bytes(d["name"]).rstrip(b"\0").decode("ascii", "replace") for d in descriptors]
     types = [TYPE_ID_HANDLER.get(int(d["type_id"])) for d in descriptors]
     if dict(zip(names, types)) != FIELDS or len(names) != len(FIELDS):
-        raise ValueError(f"{beton} has fields {_field_list(names, types)}; expected "
+        raise UserError(f"{beton} has fields {_field_list(names, types)}; expected "
                          f"{_field_list(FIELDS, FIELDS.values())} (as ffcv-imagenet and "
                          "`python -m resnext_lit write-beton` write them)")
     return header, names
@@ -103,7 +104,7 @@ def read_records(beton: Path) -> dict[str, np.ndarray]:
     size, records = beton.stat().st_size, int(header["num_samples"])
     expected = int(header["alloc_table_ptr"]) + records * ALLOC_TABLE_TYPE.itemsize
     if header["alloc_table_ptr"] == 0 or size != expected:
-        raise ValueError(f"{beton} is {size} bytes but its header implies {expected}: "
+        raise UserError(f"{beton} is {size} bytes but its header implies {expected}: "
                          "truncated, or still being written or copied")
     metadata = Reader(str(beton)).metadata  # FFCV names the columns f0, f1, ... in field order
     return {name: metadata[f"f{i}"] for i, name in enumerate(names)}
@@ -120,29 +121,29 @@ def resolve_classes(classes) -> list[str]:
         if path.is_dir():
             return list_classes(path)
         if not path.is_file():
-            raise ValueError(f"classes {path}: expected a train ImageFolder, a .beton.json "
+            raise UserError(f"classes {path}: expected a train ImageFolder, a .beton.json "
                              "sidecar or a text file of class names")
         if path.suffix == SIDECAR_SUFFIX:
             try:
                 names = list(json.loads(path.read_text())["classes"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path} is not a beton sidecar with a class list "
+                raise UserError(f"{path} is not a beton sidecar with a class list "
                                  f"({err})") from None
         else:
             names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"classes {classes!r}: expected distinct class names, "
+        raise UserError(f"classes {classes!r}: expected distinct class names, "
                          f"got {len(names)} names, {len(set(names))} distinct")
     return names
 
 
 def _label_info(beton: Path, labels: np.ndarray, classes) -> dict:
     if len(labels) == 0:
-        raise ValueError(f"{beton} holds no records")
+        raise UserError(f"{beton} holds no records")
     low, high = int(labels.min()), int(labels.max())
     names = resolve_classes(classes) if classes is not None else [str(i) for i in range(high + 1)]
     if low < 0 or high >= len(names):
-        raise ValueError(f"{beton} has labels {low}..{high}, outside the {len(names)} classes "
+        raise UserError(f"{beton} has labels {low}..{high}, outside the {len(names)} classes "
                          "given (labels must be class indices 0..N-1)")
     return {"classes": names, "class_counts": np.bincount(labels, minlength=len(names)).tolist(),
             "num_records": len(labels)}
@@ -154,7 +155,7 @@ def read_unchecked_info(beton: str | os.PathLike, classes=None) -> dict:
     labels (see `resolve_classes`); default: their indices "0".."max label"."""
     beton = Path(beton).expanduser()
     if not beton.is_file():
-        raise ValueError(f"{beton} does not exist")
+        raise UserError(f"{beton} does not exist")
     return {**_label_info(beton, read_records(beton)["label"], classes), "checked": False}
 
 
@@ -165,7 +166,7 @@ def adopted_info(beton: str | os.PathLike, classes=None) -> dict:
     JPEG records; jpeg_quality and seed are unknown)."""
     beton = Path(beton).expanduser()
     if not beton.is_file():
-        raise ValueError(f"{beton} does not exist")
+        raise UserError(f"{beton} does not exist")
     records = read_records(beton)
     images = records["image"]
     jpeg = float(np.mean(images["mode"] == IMAGE_MODES["jpg"]))
@@ -185,33 +186,33 @@ def read_beton_info(beton: str | os.PathLike) -> dict:
     beton = Path(beton).expanduser()
     side = sidecar_path(beton)
     if not beton.is_file():
-        raise ValueError(f"{beton} does not exist (write it with "
+        raise UserError(f"{beton} does not exist (write it with "
                          "`python -m resnext_lit write-beton`)")
     if not side.is_file():
-        raise ValueError(f"{beton} has no sidecar {side.name}; write one with "
+        raise UserError(f"{beton} has no sidecar {side.name}; write one with "
                          f"`python -m resnext_lit write-beton --adopt {beton}`")
     try:
         info = json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"sidecar {side} is not valid JSON ({err})") from None
+        raise UserError(f"sidecar {side} is not valid JSON ({err})") from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(info, dict) or key not in info]
     if missing or info["format"] != SIDECAR_FORMAT:
-        raise ValueError(f"sidecar {side} is not a {SIDECAR_FORMAT} sidecar "
+        raise UserError(f"sidecar {side} is not a {SIDECAR_FORMAT} sidecar "
                          f"(missing {', '.join(missing) or 'nothing'}, "
                          f"format {info.get('format')!r})")
     size = beton.stat().st_size
     if size != info["file_size"]:
-        raise ValueError(f"{beton} is {size} bytes but its sidecar says {info['file_size']}: "
+        raise UserError(f"{beton} is {size} bytes but its sidecar says {info['file_size']}: "
                          "truncated, still being copied, or from another write")
     records, _ = read_header(beton)
     if records != info["num_records"]:
-        raise ValueError(f"{beton} holds {records} records but its sidecar says "
+        raise UserError(f"{beton} holds {records} records but its sidecar says "
                          f"{info['num_records']}: the sidecar is from another write")
     if fingerprint(beton) != info["fingerprint"]:
-        raise ValueError(f"{beton} does not match the fingerprint in {side.name}: "
+        raise UserError(f"{beton} does not match the fingerprint in {side.name}: "
                          "the file changed or the sidecar is from another write")
     if len(info["class_counts"]) != len(info["classes"]) or not info["classes"]:
-        raise ValueError(f"sidecar {side}: {len(info['classes'])} classes but "
+        raise UserError(f"sidecar {side}: {len(info['classes'])} classes but "
                          f"{len(info['class_counts'])} class counts")
     return {**info, "checked": True}
 
@@ -226,15 +227,15 @@ def adopt(betons, classes=None) -> list[str]:
         if not side.is_file():
             info = adopted_info(beton, classes)
             if not os.access(side.parent, os.W_OK):
-                raise ValueError(f"cannot write the sidecar {side} (the folder is not writable)")
+                raise UserError(f"cannot write the sidecar {side} (the folder is not writable)")
             todo.append((beton, side, info))
             continue
         try:
             info = read_beton_info(beton)
         except ValueError as err:
-            raise ValueError(f"{err} (remove {side} to adopt {beton.name} anew)") from None
+            raise UserError(f"{err} (remove {side} to adopt {beton.name} anew)") from None
         if classes is not None and resolve_classes(classes) != info["classes"]:
-            raise ValueError(f"{side} names other classes than --classes; remove it to adopt "
+            raise UserError(f"{side} names other classes than --classes; remove it to adopt "
                              f"{beton.name} anew")
         lines.append(f"{beton}: already has a sidecar ({side.name}) that matches it; left as is")
     for beton, side, info in todo:

@@ -1,7 +1,7 @@
 """The processes behind `write-beton`: a parallel decoding scan, and FFCV's writer in a child
 process of its own.
 
-    from resnext_lit.data.workers import scan, ffcv_write, estimate_size
+    from resnext_lit.data.beton.processes import scan, ffcv_write, estimate_size
     found = scan(samples, max_side=500, workers=8, progress=True, desc="train", jpeg_quality=90)
     found.good, found.skipped                  # [(path, label)], [(path, reason)]
     estimate_size(found, jpeg_share=0.5, workers=8, page=page_size(500))   # bytes of the .beton
@@ -37,7 +37,7 @@ from ffcv.fields.rgb_image import encode_jpeg
 from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_metadata_type
 from tqdm import tqdm
 
-from .images import BadImage, load_rgb
+from ..images import BadImage, load_rgb
 
 FFCV_DEFAULT_PAGE = 8 << 20  # DatasetWriter's default page; pages must hold the largest record
 JPEG_SAMPLE_EVERY = 16  # the scan JPEG-encodes every 16th image to measure the JPEG/raw ratio

@@ -1,6 +1,6 @@
 """Exact validation under DDP and worker counts that fit the machine, for both DataModules.
 
-    from resnext_lit.data.shards import rank_slice
+    from resnext_lit.data.distributed import rank_slice
     rank_slice(50_000, rank=1, world_size=3)   # range(16666, 33333)
 
 `DistributedSampler` (and FFCV's `distributed=True`) pad the last shard with duplicates so every
@@ -17,11 +17,13 @@ import warnings
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from ..errors import UserError
+
 
 def rank_slice(num_items: int, rank: int, world_size: int) -> range:
     """The contiguous share of `num_items` for `rank`; the shares tile 0..num_items exactly."""
     if num_items < world_size:
-        raise ValueError(f"{num_items} validation images cannot be split over {world_size} "
+        raise UserError(f"{num_items} validation images cannot be split over {world_size} "
                          "ranks with at least one each")
     return range(num_items * rank // world_size, num_items * (rank + 1) // world_size)
 

@@ -49,12 +49,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import list_classes, list_image_folder
-from .imagenet_val import flat_val_samples, read_val_labels
-from ..atomic import write_json_atomic
+from ...atomic import write_json_atomic
+from ...errors import UserError
+from ..imagenet_val import flat_val_samples, read_val_labels
+from ..images import list_classes, list_image_folder
+from .processes import (BetonRecords, Scanned, WriteFailed, estimate_size, ffcv_write, page_size,
+                        scan)
 from .sidecar import FIELDS, SIDECAR_FORMAT, adopt, fingerprint, resolve_classes, sidecar_path
-from .workers import (BetonRecords, Scanned, WriteFailed, estimate_size, ffcv_write, page_size,
-                      scan)
 
 DEFAULT_MAX_SIDE = 500  # ffcv-imagenet's max_res
 DEFAULT_WRITE_MODE = "proportion"
@@ -83,16 +84,16 @@ class WriteOptions:
 
     def __post_init__(self):
         if not 1 <= self.max_side <= MAX_FFCV_SIDE:
-            raise ValueError(f"max_side must be in 1..{MAX_FFCV_SIDE} (FFCV stores uint16 "
+            raise UserError(f"max_side must be in 1..{MAX_FFCV_SIDE} (FFCV stores uint16 "
                              f"sizes), got {self.max_side}")
         if self.write_mode not in WRITE_MODES:
-            raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, "
+            raise UserError(f"write_mode must be one of {', '.join(WRITE_MODES)}, "
                              f"got {self.write_mode!r}")
         if not 0 <= self.compress_probability <= 1:
-            raise ValueError(f"compress_probability must be in [0, 1], "
+            raise UserError(f"compress_probability must be in [0, 1], "
                              f"got {self.compress_probability}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise UserError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
     @property
     def jpeg_share(self) -> float:
@@ -124,7 +125,7 @@ class ScannedSplit:
 def _check_workers(workers: int | None) -> int:
     workers = os.cpu_count() if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise UserError(f"workers must be >= 1, got {workers}")
     return workers
 
 
@@ -134,19 +135,19 @@ def _resolve_classes(classes, source: Path) -> list[str]:
 
 def _check_per_class(per_class: int | None) -> None:
     if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+        raise UserError(f"per_class must be >= 1, got {per_class}")
 
 
 def _plan(source, classes, val_labels, synsets):
     """(samples, classes, pre-skipped, source) of one split: listing and labels, no decoding."""
     source = Path(source).expanduser()
     if not source.is_dir():
-        raise ValueError(f"input folder {source} does not exist or is not a folder")
+        raise UserError(f"input folder {source} does not exist or is not a folder")
     if val_labels is None:
         classes = _resolve_classes(classes, source)
         return list_image_folder(source, classes), classes, [], source
     if classes is None:
-        raise ValueError("the flat validation layout needs the train classes: pass --train "
+        raise UserError("the flat validation layout needs the train classes: pass --train "
                          "or --classes (train folder or train sidecar)")
     classes = _resolve_classes(classes, source)
     samples, unlabelled = flat_val_samples(source, read_val_labels(val_labels, synsets), classes)
@@ -160,10 +161,10 @@ def _check_output(beton: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"cannot write to output folder {beton.parent} "
+        raise UserError(f"cannot write to output folder {beton.parent} "
                          f"({err.strerror or err})") from None
     if beton.is_dir():
-        raise ValueError(f"output {beton} is a folder, expected a .beton file name")
+        raise UserError(f"output {beton} is a folder, expected a .beton file name")
 
 
 def write_beton(source, out, *, classes=None, val_labels=None, synsets=None,
@@ -237,7 +238,7 @@ def _scan_planned(plan, beton: Path, options: WriteOptions, workers: int, strict
         raise StrictSkipError(f"{split}: {len(found.skipped)} files skipped and --strict is "
                               f"set; nothing written (see {beton}{REPORT_SUFFIX})")
     if not found.good:
-        raise ValueError(f"{split}: no decodable image in {source}")
+        raise UserError(f"{split}: no decodable image in {source}")
     estimate = estimate_size(found, options.jpeg_share, workers, page_size(options.max_side))
     return ScannedSplit(split, beton, classes, source, found, estimate)
 
@@ -260,7 +261,7 @@ def _check_disk(splits: list[ScannedSplit]) -> str:
     needed = sum(s.estimated_bytes for s in splits)
     each = ", ".join(f"{_human(s.estimated_bytes)} for {s.split}" for s in splits)
     if free < needed:
-        raise ValueError(f"not enough free disk in {folder}: estimated {each}, "
+        raise UserError(f"not enough free disk in {folder}: estimated {each}, "
                          f"{_human(free)} free; nothing written")
     return f"estimated {each} (free: {_human(free)})"
 
@@ -356,16 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.adopt:
         if args.train or args.val or args.out:
-            raise ValueError("--adopt writes sidecars for existing betons: it takes no --train, "
+            raise UserError("--adopt writes sidecars for existing betons: it takes no --train, "
                              "--val or --out")
         print("\n".join(adopt(args.adopt, args.classes)))
         return 0
     if not (args.train or args.val):
-        raise ValueError("nothing to write: pass --train and/or --val (or --adopt BETON)")
+        raise UserError("nothing to write: pass --train and/or --val (or --adopt BETON)")
     if not args.out:
-        raise ValueError("--out is needed: the folder for train.beton and val.beton")
+        raise UserError("--out is needed: the folder for train.beton and val.beton")
     if args.val_labels and not args.val:
-        raise ValueError("--val-labels needs --val (the flat validation folder)")
+        raise UserError("--val-labels needs --val (the flat validation folder)")
     out = Path(args.out).expanduser()
     options = WriteOptions(args.max_side, args.write_mode, args.compress_probability,
                            args.jpeg_quality, args.seed)
