@@ -25,11 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .errors import UserError
 from .models.weights import load_failure
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced NaN or inf; stopped before it reached a checkpoint."""
-
+from .nonfinite import check_weights
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -45,11 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            raise NonFiniteError(f"refusing to save {path}: {len(bad)} weight tensors hold NaN or "
-                                 f"inf (first: {bad[0]}); the previous checkpoint is kept")
+        check_weights(checkpoint.get("state_dict", {}), path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".saving-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
         try:  # os.open, not mkstemp: the checkpoint keeps the umask's permissions, not 0600

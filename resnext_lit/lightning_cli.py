@@ -21,10 +21,11 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from .checkpoints import NonFiniteError, check_checkpoint
+from .checkpoints import check_checkpoint
 from .cli import TRAINER_SUBCOMMANDS
 from .errors import UserError
 from .models.registry import OVERRIDES, model_config
+from .nonfinite import NonFiniteError
 from .reliability import ExactResume, Preempted, Preemption, requeued_version
 from .schedules import check_schedule
 

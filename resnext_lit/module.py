@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
 from .models import create_model, load_weights
-from .reliability import NonFiniteGuard
+from .nonfinite import NonFiniteGuard
 from .scale import run_scale
 from .schedules import check_schedule, lr_factor
 
@@ -70,7 +70,7 @@ class ResNeXtModule(LightningModule):
         ema_decay: keep an exponential moving average of the weights, evaluated on val.
         flip_tta: average the logits of the image and its mirror at validation.
         nonfinite_loss: on a NaN/inf training loss, "stop" (one line naming the step, epoch and
-            lr) or "skip" the step (`resnext_lit.reliability.NonFiniteGuard`).
+            lr) or "skip" the step (`resnext_lit.nonfinite`).
         mean, std: channel statistics on the 0-255 scale, subtracted and divided on the device;
             linked from the DataModule by the CLI (ImageNet's, or CIFAR's for CIFAR).
     """

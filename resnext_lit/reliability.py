@@ -1,4 +1,4 @@
-"""Fault tolerance for `fit`: preemption, exact resume, atomic checkpoints, non-finite losses.
+"""Fault tolerance for `fit`: preemption, exact resume, atomic checkpoints.
 
     python -m resnext_lit fit --config configs/demo.yaml            # all of it is on by default
     kill -USR1 <pid>        # or -TERM: saves last.ckpt mid-epoch, exits with 128 + the signal
@@ -16,14 +16,12 @@
   the batches the uninterrupted run would have (bit-exact on CPU with torch DataLoaders).
 - Checkpoints are written atomically and never with NaN weights (`resnext_lit.checkpoints`,
   installed by `Preemption`).
-- `NonFiniteGuard`: the module's check of every training loss: stop with one line naming the
-  step, epoch and learning rate, or skip the step (`--model.nonfinite_loss skip`).
+- Non-finite losses and weights: `resnext_lit.nonfinite`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
@@ -43,16 +41,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from .checkpoints import AtomicCheckpointIO, NonFiniteError, last_checkpoint_path
+from .checkpoints import AtomicCheckpointIO, last_checkpoint_path
 from .errors import UserError
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-MAX_SKIPPED_IN_A_ROW = 20  # more consecutive non-finite losses means the weights are gone
-# How often the sync-free paths read their device-side state (one sync, one collective under
-# DDP each time): the non-finite check, and the agreement on a preemption signal under DDP.
-NONFINITE_CHECK_EVERY_N_STEPS = 50
+# How often, under DDP, the ranks agree on whether a signal arrived (one sync, one collective).
 PREEMPTION_CHECK_EVERY_N_STEPS = 10
-_NONE_BAD = 2**62  # "no non-finite loss in this window" (an index never reached)
 
 
 class Preempted(SIGTERMException):
@@ -355,88 +349,3 @@ class ExactResume(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
-
-# -- non-finite losses ---------------------------------------------------------------------
-class NonFiniteGuard:
-    """The training step's check: `if not guard.check(module, loss, batch_idx): return None`.
-
-    A module hook and not a callback, because only `training_step` can skip a step (by returning
-    None: no backward, no update). Ranks agree on the verdict, so DDP ranks stop or skip together.
-
-    - "stop" (the default) costs no device sync per step: each loss's finiteness is folded into
-      a device-side record (the first non-finite step of the window and its value), and the
-      record is read every `every_n_steps` steps, at each epoch's last step and before any
-      checkpoint is written (`verify`). A bad loss therefore stops training at most
-      `every_n_steps - 1` steps later, never after a checkpoint saw it, and the line names the
-      step it happened at and the steps the check covered.
-    - "skip" must know each step's verdict before its backward: one sync per step.
-    """
-
-    def __init__(self, mode: str = "stop", every_n_steps: int = NONFINITE_CHECK_EVERY_N_STEPS):
-        self.mode, self.every_n_steps = mode, every_n_steps
-        self.skipped, self._in_a_row = 0, 0
-        self.last_ok = True  # the latest step was taken (the EMA follows only those)
-        self._window: list[tuple[int, int, int, float]] = []  # (step, epoch, batch, lr) unread
-        self._first = self._value = None  # device: window index of the first bad loss, its value
-
-    def check(self, module, loss: torch.Tensor, batch_idx: int) -> bool:
-        trainer = module.trainer
-        if self.mode == "skip":
-            return self._check_now(trainer, loss, batch_idx)
-        loss = loss.detach()
-        if self._first is None:
-            self._first = torch.full((), _NONE_BAD, dtype=torch.long, device=loss.device)
-            self._value = torch.zeros((), dtype=loss.dtype, device=loss.device)
-        new = ~torch.isfinite(loss) & (self._first == _NONE_BAD)  # device ops only
-        self._first = torch.where(new, len(self._window), self._first)
-        self._value = torch.where(new, loss, self._value)
-        self._window.append((trainer.global_step, trainer.current_epoch, batch_idx,
-                             trainer.optimizers[0].param_groups[0]["lr"]))
-        if (len(self._window) >= self.every_n_steps
-                or batch_idx == trainer.num_training_batches - 1):
-            self.verify(trainer)
-        return True
-
-    def verify(self, trainer) -> None:
-        """Read the record (one sync, one all-reduce under DDP); raise if a loss was not finite.
-        Every rank calls it at the same step (their windows are equally long)."""
-        if not self._window:
-            return
-        first = self._first
-        if trainer.world_size > 1:
-            first = _all_reduce(first.clone(), dist.ReduceOp.MIN)
-        index, mine = int(first), int(self._first)
-        window, value = self._window, float(self._value)
-        self._window, self._first, self._value = [], None, None
-        if index == _NONE_BAD:
-            return
-        step, epoch, batch, lr = window[index]
-        what = str(value) if mine == index else "non-finite (on another rank)"
-        checked = (f"losses are read every {self.every_n_steps} steps: this check covered "
-                   f"steps {window[0][0]}-{window[-1][0]}")
-        raise NonFiniteError(f"{what} training loss at step {step} (epoch {epoch}, batch {batch})"
-                             f" with lr {lr:.4g}; stopped before any checkpoint saw it ({checked})."
-                             " Lower model.lr, check the data, or skip such steps with "
-                             "--model.nonfinite_loss=skip")
-
-    def _check_now(self, trainer, loss: torch.Tensor, batch_idx: int) -> bool:
-        finite = bool(torch.isfinite(loss))
-        if trainer.world_size > 1:
-            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
-        self.last_ok = finite
-        if finite:
-            self._in_a_row = 0
-            return True
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        value = float(loss)
-        what = "non-finite (on another rank)" if math.isfinite(value) else str(value)
-        where = (f"{what} training loss at step {trainer.global_step} "
-                 f"(epoch {trainer.current_epoch}, batch {batch_idx}) with lr {lr:.4g}")
-        self.skipped, self._in_a_row = self.skipped + 1, self._in_a_row + 1
-        if self._in_a_row <= MAX_SKIPPED_IN_A_ROW:
-            rank_zero_warn(f"skipped a step: {where}")
-            return False
-        raise NonFiniteError(f"{where} ({self._in_a_row} steps in a row: the weights are gone); "
-                             "stopped before any checkpoint saw it. Lower model.lr, check the "
-                             "data, or skip such steps with --model.nonfinite_loss=skip")

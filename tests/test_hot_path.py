@@ -27,7 +27,8 @@ import torch.distributed as dist
 from lightning import Callback
 from torch.overrides import TorchFunctionMode
 
-from resnext_lit.reliability import NONFINITE_CHECK_EVERY_N_STEPS, PREEMPTION_CHECK_EVERY_N_STEPS
+from resnext_lit.nonfinite import NONFINITE_CHECK_EVERY_N_STEPS
+from resnext_lit.reliability import PREEMPTION_CHECK_EVERY_N_STEPS
 from test_reliability import env_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ import pytest
 import torch
 from lightning import Callback
 
-from resnext_lit.checkpoints import (AtomicCheckpointIO, NonFiniteError, check_checkpoint,
-                                     unreadable)
+from resnext_lit.checkpoints import AtomicCheckpointIO, check_checkpoint, unreadable
+from resnext_lit.nonfinite import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
