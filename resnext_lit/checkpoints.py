@@ -14,8 +14,6 @@ memory first). A state dict holding NaN or inf is never written.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -23,17 +21,16 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .atomic import atomic_write
 from .errors import UserError
 from .models.weights import load_failure
 from .nonfinite import check_weights
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` to a temporary file beside the target, fsync, `os.replace`, fsync the folder.
-
-    The temporary name must not look like `last*.ckpt`: `--ckpt_path last` takes the newest
-    file of that shape. Remote paths (s3://, ...) keep Lightning's fsspec transaction.
-    """
+    """`torch.save` through `resnext_lit.atomic.atomic_write` (temporary file beside the target,
+    fsync, `os.replace`, fsync the folder). Remote paths (s3://, ...) keep Lightning's fsspec
+    transaction."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if not isinstance(get_filesystem(path), LocalFileSystem):
@@ -42,21 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         check_weights(checkpoint.get("state_dict", {}), path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".saving-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-        try:  # os.open, not mkstemp: the checkpoint keeps the umask's permissions, not 0600
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:  # the rename itself survives a power cut only once the folder is on disk
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        with atomic_write(path, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         try:

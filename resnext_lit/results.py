@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -26,57 +24,14 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .atomic import write_json_atomic
-from .models import ResNeXt, complexity
+from .facts import dataset_name, environment, network_facts, resolution
+from .models import ResNeXt
 from .scale import run_scale
 
 METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
            "train/images_per_s", "val/images_per_s",
            # is the run input-bound? (`resnext_lit.input_bound.DataWait`)
            "train/data_wait_frac", "train/data_ms_per_step", "train/compute_ms_per_step")
-PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
-
-
-def dataset_name(datamodule, num_classes: int) -> str | None:
-    """What a table calls the data: "cifar10"/"cifar100", "imagenet" (1000 classes from betons or
-    folders), else the DataModule's name ("digits"); a DataModule may say with `dataset`."""
-    if datamodule is None:
-        return None
-    if getattr(datamodule, "dataset", None):
-        return datamodule.dataset
-    kind = type(datamodule).__name__.lower().removesuffix("datamodule")
-    if kind == "cifar":
-        return f"cifar{num_classes}"
-    if kind in ("ffcv", "imagefolder") and num_classes == 1000:
-        return "imagenet"
-    return kind
-
-
-def resolution(datamodule, trainer) -> dict:
-    """Train (first and last epoch: progressive resizing grows it) and val px, val crop ratio."""
-    train = getattr(datamodule, "image_size", None)
-    schedule, epochs = getattr(datamodule, "res_schedule", None), trainer.max_epochs
-    if hasattr(datamodule, "res_schedule") and schedule is None:  # FFCV, before fit's setup
-        from .data.ffcv import ProgressiveResizing
-
-        schedule = next((c.schedule(epochs) for c in trainer.callbacks
-                         if isinstance(c, ProgressiveResizing)), None)
-    first, last = (schedule(0), schedule(epochs - 1)) if schedule and epochs else (train, train)
-    return {"train": first, "train_final": last,
-            "val": getattr(datamodule, "val_image_size", train),
-            "val_crop_ratio": getattr(datamodule, "val_crop_ratio", None)}
-
-
-def environment() -> tuple[dict, dict]:
-    """(hardware, versions) of this process, for the record."""
-    hardware = {"platform": platform.platform(), "cpus": os.cpu_count(),
-                "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return hardware, versions
 
 
 class ResultsWriter(Checkpoint):
@@ -125,15 +80,14 @@ class ResultsWriter(Checkpoint):
         self._write(trainer)
 
     def _new_record(self, trainer, pl_module, stage: str) -> dict:
-        with torch.device("meta"):
+        with torch.device("meta"):  # counted on meta tensors: no memory, no compute
             meta = ResNeXt(**pl_module.model.config)
         data = trainer.datamodule
         size = getattr(data, "image_size", 224)
         hardware, versions = environment()
         return {
             "status": "running", "stage": stage, "arch": pl_module.hparams.arch,
-            "model": {**{k: v for k, v in pl_module.model.config.items() if k != "layers"},
-                      "depth": _depth(meta), **complexity(meta, size), "image_size": size},
+            "model": network_facts(meta, size),
             "dataset": dataset_name(data, pl_module.hparams.num_classes),
             "recipe": self.recipe, "seed": self.config.get("seed_everything"),
             "config": self.config, "max_epochs": trainer.max_epochs,
@@ -205,7 +159,3 @@ class ResultsWriter(Checkpoint):
         record["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
         write_json_atomic(self._path, record)
 
-
-def _depth(net: ResNeXt) -> int:
-    """Weighted layers, as the paper counts them: 3 per bottleneck + stem conv + fc."""
-    return 3 * sum(net.config["layers"]) + 2

@@ -37,7 +37,8 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from .models import ResNeXt, complexity, model_config, model_entry, registered_name
+from .facts import dataset_name, environment, network_facts, resolution
+from .models import ResNeXt, model_config, model_entry, registered_name
 from .models.registry import OVERRIDES
 
 DEFAULT_PROJECT = "resnext-lit"
@@ -82,17 +83,12 @@ def run_facts(arch: str, net_config: dict, image_size: int, recipe: str | None =
     """(group, tags, config facts) of one run of `arch` built with `net_config`."""
     with torch.device("meta"):  # count on meta tensors: no memory, no compute
         meta = ResNeXt(**net_config)
-    net_config = meta.config  # with the network's defaults filled in (form, ...)
-    from .results import environment  # the same hardware/versions record as results.json
+    network = network_facts(meta, image_size)  # the same facts as results.json's "model"
+    depth, c, d = network["depth"], network["cardinality"], network["bottleneck_width"]
+    group, tags = run_labels(arch, depth, c, d, network["form"], recipe, dataset)
     hardware, versions = environment()
-    depth = 3 * sum(net_config["layers"]) + 2  # weighted layers, as the paper counts them
-    c, d = net_config["cardinality"], net_config["bottleneck_width"]
-    group, tags = run_labels(arch, depth, c, d, net_config["form"], recipe, dataset)
     facts = {"arch": arch, "network": network_name(arch, depth, c, d), "recipe": recipe,
-             "dataset": dataset, "depth": depth,
-             **{k: v for k, v in net_config.items() if k != "layers"},
-             **complexity(meta, image_size), "image_size": image_size,
-             "hardware": hardware, "versions": versions}
+             "dataset": dataset, **network, "hardware": hardware, "versions": versions}
     return group, tags, facts
 
 
@@ -106,7 +102,6 @@ def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
     """
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     if loggers:
-        from .results import dataset_name, resolution
         from .scale import run_scale
 
         data = datamodule or trainer.datamodule

@@ -180,7 +180,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(tmp_path, uninterrupted):
     ckpt = last_ckpt(tmp_path)  # weights_only=True: our checkpoints need no pickled objects
     assert ckpt["global_step"] == 3 and ckpt["epoch"] == 0
     assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 3
-    assert not list(tmp_path.rglob("*.partial"))
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file of `atomic_write` is left
 
     resumed = fit(tmp_path, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -261,7 +261,7 @@ def test_nan_weights_never_reach_a_checkpoint(tmp_path):
     assert errors(out)[-1].startswith("error: refusing to save runs/demo/version_0/checkpoints/")
     assert "weight tensors hold NaN or inf (first: model.fc.weight)" in errors(out)[-1]
     assert last_ckpt(tmp_path)["global_step"] == STEPS_PER_EPOCH  # epoch 0's, untouched
-    assert not list(tmp_path.rglob("*.partial"))
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file of `atomic_write` is left
 
 
 @pytest.mark.slow

@@ -132,7 +132,7 @@ class Report:
         self.notes.append(text)
 
     def record(self) -> dict:
-        from resnext_lit.results import environment
+        from resnext_lit.facts import environment
 
         hardware, versions = environment()
         return {"benchmark": self.name, "tiny": self.tiny,

@@ -164,6 +164,12 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def depth_of(layers) -> int:
+    """Weighted layers, as the paper counts them (Table 1): 3 per bottleneck + the stem conv + fc,
+    e.g. (3, 4, 6, 3) -> 50, CIFAR's (3, 3, 3) -> 29."""
+    return 3 * sum(layers) + 2
+
+
 class ResNeXt(nn.Module):
     """ResNeXt (and ResNet, its C=1 case) with the ImageNet or the CIFAR stem.
 
@@ -215,6 +221,11 @@ class ResNeXt(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.inplanes, num_classes)
         self._init_weights(zero_init_residual)
+
+    @property
+    def depth(self) -> int:
+        """The paper's depth of this network (`depth_of`)."""
+        return depth_of(self.config["layers"])
 
     def _make_stage(self, planes: int, blocks: int, stride: int, cardinality: int,
                     bottleneck_width: int, form: str, blurpool: bool) -> nn.Sequential:

@@ -1,0 +1,76 @@
+"""What every record of a run says about it, written once: results.json
+(`resnext_lit.results`), the W&B run config (`resnext_lit.tracking`) and benchmark records
+(`resnext_lit.bench`) take their facts from here, so a table never sees two versions of one.
+
+    from resnext_lit.facts import environment, network_facts
+    hardware, versions = environment()
+    network_facts(ResNeXt(**config), image_size=224)  # depth, C, d, form, ..., params, MACs
+
+- `environment()`: hardware (platform, CPUs, GPU names) and library versions of this process.
+- `network_facts(net, size)`: the network's settings, its depth as the paper counts it
+  (`resnext_lit.models.depth_of`), params and MACs at `size` (`resnext_lit.models.complexity`).
+- `dataset_name(datamodule, classes)`: what a table calls the data ("imagenet", "cifar100", ...).
+- `resolution(datamodule, trainer)`: train (first and last epoch), val px and val crop ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
+
+
+def environment() -> tuple[dict, dict]:
+    """(hardware, versions) of this process, for the record."""
+    import torch
+
+    hardware = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return hardware, versions
+
+
+def network_facts(net, image_size: int) -> dict:
+    """The settings of `net` (a `ResNeXt`, possibly on the meta device) but its per-stage block
+    counts, its paper depth, and params and MACs of one 3 x size x size forward pass."""
+    from .models import complexity
+
+    return {**{k: v for k, v in net.config.items() if k != "layers"}, "depth": net.depth,
+            **complexity(net, image_size), "image_size": image_size}
+
+
+def dataset_name(datamodule, num_classes: int) -> str | None:
+    """What a table calls the data: "cifar10"/"cifar100", "imagenet" (1000 classes from betons or
+    folders), else the DataModule's name ("digits"); a DataModule may say with `dataset`."""
+    if datamodule is None:
+        return None
+    if getattr(datamodule, "dataset", None):
+        return datamodule.dataset
+    kind = type(datamodule).__name__.lower().removesuffix("datamodule")
+    if kind == "cifar":
+        return f"cifar{num_classes}"
+    if kind in ("ffcv", "imagefolder") and num_classes == 1000:
+        return "imagenet"
+    return kind
+
+
+def resolution(datamodule, trainer) -> dict:
+    """Train (first and last epoch: progressive resizing grows it) and val px, val crop ratio."""
+    train = getattr(datamodule, "image_size", None)
+    schedule, epochs = getattr(datamodule, "res_schedule", None), trainer.max_epochs
+    if hasattr(datamodule, "res_schedule") and schedule is None:  # FFCV, before fit's setup
+        from .data.ffcv import ProgressiveResizing
+
+        schedule = next((c.schedule(epochs) for c in trainer.callbacks
+                         if isinstance(c, ProgressiveResizing)), None)
+    first, last = (schedule(0), schedule(epochs - 1)) if schedule and epochs else (train, train)
+    return {"train": first, "train_final": last,
+            "val": getattr(datamodule, "val_image_size", train),
+            "val_crop_ratio": getattr(datamodule, "val_crop_ratio", None)}
