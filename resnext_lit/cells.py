@@ -11,16 +11,17 @@ A run belongs to the network it built, (depth, C, d) looked up with `registered_
 `--model.arch` it started from (`resnext50_32x4d` with C=8, d=14 is Table 3's 8x14d). Its
 effective recipe is dataset, recipe, network, form, blurpool, stage, planned epochs, global
 batch, train and val resolution and val crop ratio; a value a record lacks is None, and None
-matches only None. When one (dataset, recipe, network) holds several recipes, the cell is the one with the
-most planned epochs (a smoke run is shorter than the real recipe), then the most finished runs,
-then `fit` over `validate`, then the most runs; the others are kept apart, each naming how it
-differs ("epochs 2 (cell: 100)").
+matches only None (a record older than its `dataset` key is on the data its network is
+registered on, `models.dataset_of`). When one (dataset, recipe, network) holds several recipes,
+the cell is the one with the most planned epochs (a smoke run is shorter than the real recipe),
+then the most finished runs, then `fit` over `validate`, then the most runs; the others are kept
+apart, each naming how it differs ("epochs 2 (cell: 100)").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .models import model_entry, registered_name
+from .models import dataset_of, model_entry, registered_name
 
 NETWORK = ("dataset", "recipe", "network", "depth", "cardinality", "bottleneck_width")
 # What else must agree for two runs to be seeds of one cell: the effective recipe. name -> label.
@@ -49,10 +50,13 @@ def summarize(record: dict, metric: str = "final") -> dict:
     crop = resolution.get("val_crop_ratio")
     # A validate run evaluates once: its best is its final.
     result = record.get(metric) or (record.get("final") if stage == "validate" else None) or {}
+    entry = model_entry(network) if network else {}
     return {"arch": record.get("arch") or (config.get("model") or {}).get("arch"),
-            "network": network, "paper_setting": network is not None,
+            "network": network, "paper_setting": bool(entry.get("in_paper")),
             "status": record.get("status", "unknown"),
-            "dataset": record.get("dataset") or _guess_dataset(model, config),
+            # A record that predates its "dataset" key: the data its network is registered on.
+            "dataset": record.get("dataset") or (
+                dataset_of(network, model.get("num_classes")) if network else None),
             "recipe": record.get("recipe"), "seed": record.get("seed"), "stage": stage,
             "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
             "form": model.get("form"), "blurpool": bool(model.get("blurpool")),
@@ -64,18 +68,7 @@ def summarize(record: dict, metric: str = "final") -> dict:
             "params": model.get("params"), "macs": model.get("macs"),
             "top1": result.get("val/top1_err"), "top5": result.get("val/top5_err"),
             "history": history, "images_per_s": record.get("images_per_s"),
-            "paper": model_entry(network)["paper"] if network else {}}
-
-
-def _guess_dataset(model: dict, config: dict) -> str | None:
-    """The data of a record that predates its `dataset` key, from the DataModule and classes."""
-    data = config.get("data") or {}
-    data_class = str(data.get("class_path", "") if isinstance(data, dict) else "").lower()
-    if "cifar" in data_class:
-        return f"cifar{model.get('num_classes')}"
-    if model.get("num_classes") == 1000 and model.get("stem") == "imagenet":
-        return "imagenet"
-    return data_class.rsplit(".", 1)[-1].removesuffix("datamodule") or None
+            "paper": entry.get("paper", {})}
 
 
 def choose_cell(name: str, where: dict, runs: list[dict]) -> Cell:

@@ -5,6 +5,8 @@
 Reads the `results.json` that every `fit` writes: model, params, MACs, val error per epoch,
 img/s, the share of each epoch spent waiting for data (with one "input-bound: ..." line for the
 worst epoch above `INPUT_BOUND_FRAC`), and where the run, its checkpoints and the record are.
+The network line is the registry's: the registered name of the network the run built, and the
+paper's figure for it on the run's data, or why there is none (not in the paper, other data).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .models import dataset_of, model_entry, registered_name
 
 # Above this share of an epoch waiting for the next batch (`train/data_wait_frac`, from
 # `resnext_lit.input_bound.DataWait`), a faster loader is worth a look: it could buy up to
@@ -46,6 +49,23 @@ def input_bound(epochs: list[dict], threshold: float = INPUT_BOUND_FRAC) -> str 
     return line
 
 
+def network_line(record: dict) -> str:
+    """The network the run built, as the registry knows it, and the paper's figure to compare."""
+    model = record["model"]
+    name = registered_name(model["depth"], model["cardinality"], model["bottleneck_width"])
+    if name is None:
+        return "network: not a registered one (see `python -m resnext_lit models`)"
+    entry = model_entry(name)
+    data = record.get("dataset") or dataset_of(name, model.get("num_classes"))
+    if not entry["in_paper"]:
+        return f"network: {name}, not in the paper (registered on {entry['dataset']})"
+    key = "top1_err" if data == "imagenet" else f"{data}_err"
+    if dataset_of(name, model.get("num_classes")) != data or key not in entry["paper"]:
+        return f"network: {name} ({', '.join(entry['tables'])}); no paper figure for it on {data}"
+    return (f"network: {name} ({', '.join(entry['tables'])}); paper: {entry['paper'][key]:.2f}% "
+            f"top-1 error on {data} at {entry['image_size']} px")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lit summary")
     parser.add_argument("runs", nargs="?", default="runs", type=Path,
@@ -57,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{model['cardinality']}x{model['bottleneck_width']}d, form {model['form']}): "
                   f"{model['params'] / 1e6:.2f} M params, {model['macs'] / 1e6:.1f} M MACs "
                   f"at {model['image_size']} px  -  status: {record['status']}")
+    console.print(network_line(record), markup=False, highlight=False)
     table = Table("epoch", "train loss", "train top-1 err %", "val top-1 err %",
                   "val top-5 err %", "img/s", "data wait %", "time s")
     fmt = lambda v, spec=".2f": "" if v is None else format(v, spec)  # noqa: E731

@@ -37,22 +37,10 @@ from pathlib import Path
 
 from .cells import NETWORK, RECIPE, Cell, describe, differences, picker, setting_of, summarize
 from .errors import UserError
-from .models import model_entry
-from .models.registry import FIG7_WIDE, TABLE3, TABLE3_SETTINGS
+from .models import dataset_of, model_entry
+from .models.registry import FIG7, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE5, TABLE5_SIZES, TABLE7
 
 GAP = "-"
-TABLE4_ROWS = (("ResNet-101", "1x64d", "resnext101_1x64d"),
-               ("ResNeXt-101", "32x4d", "resnext101_32x4d"),
-               ("ResNet-200", "1x64d", "resnet200"),
-               ("ResNet-101, wider", "1x100d", "resnet101_wide"),
-               ("ResNeXt-101", "2x64d", "resnext101_2x64d"),
-               ("ResNeXt-101", "64x4d", "resnext101_64x4d"))
-# Table 5: single-crop test at 224 and 320 px, as He et al. 2016 (Identity Mappings) test.
-TABLE5_ROWS = (("ResNet-200", "1x64d", "resnet200"), ("ResNeXt-101", "64x4d", "resnext101_64x4d"))
-TABLE5_SIZES = (224, 320)
-TABLE7_ARCHS = ("resnext29_8x64d", "resnext29_16x64d")
-FIG7_CARDINALITY = tuple(f"resnext29_{c}x64d" for c in (1, 2, 4, 8, 16))
-FIG7_WIDTH = ("resnext29_1x64d", *(f"resnext29_1x{d}d" for d in FIG7_WIDE.values()))
 APART = "Runs apart from the paper cells"
 
 
@@ -154,11 +142,10 @@ def _recipe_notes(cells: list[Cell]) -> list[str]:
 def _table3(pick, recipe) -> Table:
     header = ["", *(f"{c}x{d}d" for c, d in TABLE3_SETTINGS)]
     t = Table(f"Table 3: top-1 error (%) at ~constant complexity, ImageNet [{recipe}]", header)
-    for depth in TABLE3:
+    for depth, archs in TABLE3.items():
         cells = []
-        for c, d in TABLE3_SETTINGS:
-            arch = f"resnext{depth}_{c}x{d}d"
-            cell = pick(arch, "imagenet")
+        for (c, d), arch in zip(TABLE3_SETTINGS, archs):
+            cell = pick(arch, dataset_of(arch))
             if cell.runs:
                 t.runs[f"{depth} layers {c}x{d}d"] = cell.runs
             cells.append(_cell(t, f"{depth} layers", f"{c}x{d}d", cell, "top1",
@@ -172,8 +159,8 @@ def _table4(pick, recipe) -> Table:
     header = ["model", "setting", "top-1 ours", "top-1 paper", "diff",
               "top-5 ours", "top-5 paper", "diff"]
     t = Table(f"Table 4: 2x complexity (~15 GFLOPs), ImageNet [{recipe}]", header)
-    for name, setting, arch in TABLE4_ROWS:
-        cell = pick(arch, "imagenet")
+    for name, setting, arch in TABLE4:
+        cell = pick(arch, dataset_of(arch))
         if cell.runs:
             t.runs[f"{name} {setting}"] = cell.runs
         paper = model_entry(arch)["paper"]
@@ -184,20 +171,21 @@ def _table4(pick, recipe) -> Table:
 
 
 def _table5(pick, recipe) -> Table:
-    """Table 5: single-crop test at 224 and 320 px; the paper's 224 figures are Table 4's, its
-    320 ones the registry's `*_320` keys. Any evaluation at that val size counts: a `fit`'s final
-    error or a `validate` record of a checkpoint."""
+    """Table 5: single-crop test at 224 and 320 px; the paper's figures at the network's native
+    size (224) are Table 4's, its 320 ones the registry's `*_320` keys. Any evaluation at that
+    val size counts: a `fit`'s final error or a `validate` record of a checkpoint."""
     header = ["model", "setting"]
     for size in TABLE5_SIZES:
         header += [f"top-1 {size} ours", "paper", "diff", f"top-5 {size} ours", "paper", "diff"]
     t = Table(f"Table 5: single-crop test at 224 and 320 px, ImageNet [{recipe}]", header)
-    for name, setting, arch in TABLE5_ROWS:
-        paper, row = model_entry(arch)["paper"], [name, setting]
+    for name, setting, arch in TABLE5:
+        entry, row = model_entry(arch), [name, setting]
+        paper = entry["paper"]
         for size in TABLE5_SIZES:
-            cell = pick(arch, "imagenet", stages=("fit", "validate"), val_res=size)
+            cell = pick(arch, dataset_of(arch), stages=("fit", "validate"), val_res=size)
             if cell.runs:
                 t.runs[f"{name} {setting} at {size} px"] = cell.runs
-            suffix = "" if size == 224 else f"_{size}"
+            suffix = "" if size == entry["image_size"] else f"_{size}"
             row += [*_cell(t, arch, f"top-1 {size}", cell, "top1", paper.get(f"top1_err{suffix}")),
                     *_cell(t, arch, f"top-5 {size}", cell, "top5", paper.get(f"top5_err{suffix}"))]
         t.rows.append(row)
@@ -208,9 +196,9 @@ def _table7(pick, recipe) -> Table:
     header = ["model", "params (M)", "params paper", "CIFAR-10 ours", "paper", "diff",
               "CIFAR-100 ours", "paper", "diff"]
     t = Table(f"Table 7: test error (%) on CIFAR, mean of runs [{recipe}]", header)
-    for arch in TABLE7_ARCHS:
+    for arch in TABLE7:
         paper, row = model_entry(arch)["paper"], [arch]
-        c10, c100 = pick(arch, "cifar10"), pick(arch, "cifar100")
+        c10, c100 = pick(arch, dataset_of(arch, 10)), pick(arch, dataset_of(arch, 100))
         mean_params = known(c10.runs + c100.runs, "params")
         row += [GAP if mean_params is None else f"{mean_params / 1e6:.1f}",
                 f"{paper['params_m']:.1f}"]
@@ -225,9 +213,9 @@ def _table7(pick, recipe) -> Table:
 def _fig7(pick, recipe) -> Table:
     header = ["series", "model", "params (M)", "CIFAR-10 error (%)"]
     t = Table(f"Fig. 7: cardinality vs width at equal size, CIFAR-10 [{recipe}]", header)
-    for series, archs in (("cardinality (d=64)", FIG7_CARDINALITY), ("width (C=1)", FIG7_WIDTH)):
+    for series, archs in FIG7.items():
         for arch in archs:
-            cell = pick(arch, "cifar10")
+            cell = pick(arch, dataset_of(arch, 10))
             if cell.runs:
                 t.runs[f"{series}: {arch}"] = cell.runs
             params = known(cell.runs, "params")
@@ -390,7 +378,7 @@ def load_local(runs_dir: str | Path) -> list[dict]:
     paths = {p.resolve() for p in root.rglob("results.json")}
     if not paths:
         raise UserError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
-                         "or run a sweep first")
+                        "or run a sweep first")
     return [_read_record(p) for p in sorted(paths)]
 
 

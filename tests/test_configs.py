@@ -41,6 +41,17 @@ def test_fragment_composes_with_a_recipe(fragment, capsys):
 def test_every_recipe_names_a_registered_arch():
     import yaml
 
-    from resnext_lit.models import list_models
+    from resnext_lit.models import model_entry
     for recipe in RECIPES:
-        assert yaml.safe_load(recipe.read_text())["model"]["arch"] in list_models(), recipe
+        model_entry(yaml.safe_load(recipe.read_text())["model"]["arch"])  # a name or an alias
+
+
+@pytest.mark.parametrize("path", RECIPES + FRAGMENTS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_no_config_overrides_the_network_its_arch_names(path):
+    """A config names its network by `model.arch` alone (configs/demo.yaml: resnext11_8x4d), so
+    its runs' labels are the registry's name, never "<arch>-11layers-8x4d"."""
+    import yaml
+
+    from resnext_lit.models.registry import NETWORK
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    assert not set(NETWORK) & set(model), f"{path.name} overrides {set(NETWORK) & set(model)}"

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from resnext_lit.models import (ResNeXt, complexity, create_model, list_models, model_config,
-                                model_entry)
+                                model_entry, registered_name)
 
 TORCHVISION_SHARED = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                       "resnext101_32x8d", "resnext101_64x4d")
@@ -93,6 +93,68 @@ def test_duplicate_registration_raises():
     from resnext_lit.models.registry import register
     with pytest.raises(ValueError, match="registered twice"):
         register("resnet50", 50, 1, 64)
+    with pytest.raises(ValueError, match="registered twice"):
+        register("resnext29_99x1d", 29, 99, 1, aliases=("resnext50_32x4d",))
+    # one network, one entry: a second name for it is an alias
+    with pytest.raises(ValueError, match="is the network resnext50_32x4d .* as an alias"):
+        register("resnext50_32x4d_again", 50, 32, 4)
+    with pytest.raises(ValueError, match="not in the paper but has paper figures"):
+        register("resnext29_99x1d", 29, 99, 1, in_paper=False, top1_err=1.0)
+    assert "resnext29_99x1d" not in list_models()
+
+
+def test_aliases_are_the_same_entry_and_never_listed():
+    for alias, name in (("resnet50", "resnext50_1x64d"), ("resnet101", "resnext101_1x64d")):
+        assert model_entry(alias) is model_entry(name)
+        assert alias in model_entry(name)["aliases"] and alias not in list_models()
+        assert model_config(alias) == model_config(name)
+        entry = model_entry(alias)
+        assert registered_name(entry["depth"], entry["cardinality"],
+                               entry["bottleneck_width"]) == name
+    # Table 1's exact size and Table 3's error of ResNet-50 sit in one entry
+    assert model_entry("resnet50")["paper"] == dict(top1_err=23.9, gmacs=4.1, params_m=25.5)
+    assert model_entry("resnet50")["tables"] == ("Table 1", "Table 3")
+    with pytest.raises(ValueError, match="closest: resnet50"):
+        model_entry("resnet5")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_entry_states_its_data_and_native_resolution(name):
+    entry = model_entry(name)
+    stem = model_config(name)["stem"]
+    assert (entry["dataset"], entry["image_size"]) in (
+        {"imagenet": [("imagenet", 224)], "cifar": [("cifar", 32), ("digits", 16)]}[stem])
+    # in the paper <=> in one of its tables; figures only for networks of the paper
+    assert entry["in_paper"] == bool(entry["tables"])
+    assert entry["in_paper"] or not entry["paper"]
+
+
+def test_the_demo_networks_are_registered_and_not_the_papers():
+    for c in (1, 2, 4, 8):
+        entry = model_entry(f"resnext11_{c}x4d")
+        assert (entry["depth"], entry["cardinality"], entry["bottleneck_width"]) == (11, c, 4)
+        assert entry["dataset"] == "digits" and not entry["in_paper"] and not entry["paper"]
+    # the old way to the demo (8x64d overridden to 11 layers, d=4) builds the same network
+    assert registered_name(11, 8, 4) == "resnext11_8x4d"
+    assert model_config("resnext29_8x64d", depth=11, bottleneck_width=4) == \
+        model_config("resnext11_8x4d")
+
+
+def test_bad_arguments_are_checked_once_before_any_module_is_built(monkeypatch):
+    from resnext_lit.models import resnext
+
+    def built(*args, **kwargs):
+        raise AssertionError("a module was built before the arguments were checked")
+    monkeypatch.setattr(resnext.nn.Conv2d, "__init__", built)
+    monkeypatch.setattr(resnext.nn.BatchNorm2d, "__init__", built)
+    for kwargs, message in ((dict(cardinality=0), "cardinality must be an integer >= 1, got 0"),
+                            (dict(bottleneck_width=0), "bottleneck_width must be"),
+                            (dict(form="d"), "form must be one of a, b, c, got 'd'"),
+                            (dict(num_classes=0), "num_classes must be")):
+        with pytest.raises(ValueError, match=message):
+            ResNeXt(**kwargs)
+        with pytest.raises(ValueError, match=message):
+            model_config("resnext50_32x4d", **kwargs)  # the CLI's check: nothing built
 
 
 def test_model_entry_keeps_paper_figures():

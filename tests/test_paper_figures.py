@@ -8,7 +8,7 @@ import torch
 
 from resnext_lit.models import complexity, create_model, model_entry, solve_bottleneck_width
 from resnext_lit.models.complexity import block_cost
-from resnext_lit.models.registry import FIG7_WIDE, TABLE3_SETTINGS
+from resnext_lit.models.registry import FIG7_WIDE, TABLE1, TABLE3, TABLE4, TABLE7
 
 
 def measure(name, size=224):
@@ -22,16 +22,22 @@ def within(measured, paper, tol):
     return abs(measured / paper - 1) <= tol
 
 
-@pytest.mark.parametrize("name, params_m, gmacs", [("resnet50", 25.5, 4.1),
-                                                   ("resnext50_32x4d", 25.0, 4.2)])
-def test_table1_within_2_percent(name, params_m, gmacs):
+def test_table1_is_resnet50_and_resnext50_32x4d_at_their_stated_figures():
+    assert TABLE1 == ("resnext50_1x64d", "resnext50_32x4d")
+    assert model_entry("resnet50") is model_entry(TABLE1[0])  # ResNet-50 is ResNeXt-50 1x64d
+    assert [(model_entry(n)["paper"]["params_m"], model_entry(n)["paper"]["gmacs"])
+            for n in TABLE1] == [(25.5, 4.1), (25.0, 4.2)]
+
+
+@pytest.mark.parametrize("name", TABLE1)
+def test_table1_within_2_percent(name):
     measured_params, measured_gmacs = measure(name)
-    assert within(measured_params, params_m, 0.02)
-    assert within(measured_gmacs, gmacs, 0.02)
+    assert within(measured_params, model_entry(name)["paper"]["params_m"], 0.02)
+    assert within(measured_gmacs, model_entry(name)["paper"]["gmacs"], 0.02)
 
 
-TABLE3_NAMES = [f"resnext{depth}_{c}x{d}d" for depth in (50, 101) for c, d in TABLE3_SETTINGS]
-TABLE4_2X = ["resnet200", "resnet101_wide", "resnext101_2x64d", "resnext101_64x4d"]
+TABLE3_NAMES = [name for row in TABLE3.values() for name in row]
+TABLE4_2X = [name for _, _, name in TABLE4 if name not in TABLE3_NAMES]
 
 
 @pytest.mark.parametrize("name", TABLE3_NAMES + TABLE4_2X)
@@ -40,7 +46,13 @@ def test_table3_and_table4_complexity_within_5_percent(name):
     assert within(measure(name)[1], paper, 0.05)
 
 
-@pytest.mark.parametrize("name", ["resnext29_8x64d", "resnext29_16x64d"])
+def test_table4_rows_carry_top1_and_top5():
+    assert TABLE4_2X == ["resnet200", "resnet101_wide", "resnext101_2x64d", "resnext101_64x4d"]
+    for _, _, name in TABLE4:
+        assert {"top1_err", "top5_err", "gmacs"} <= set(model_entry(name)["paper"]), name
+
+
+@pytest.mark.parametrize("name", TABLE7)
 def test_table7_params_within_2_percent(name):
     assert within(measure(name, 32)[0], model_entry(name)["paper"]["params_m"], 0.02)
 

@@ -25,7 +25,7 @@ import yaml
 
 from resnext_lit.cli import main as cli
 from resnext_lit.models import model_entry, solve_bottleneck_width
-from resnext_lit.models.registry import FIG7_WIDE, TABLE3_SETTINGS
+from resnext_lit.models.registry import FIG7, FIG7_WIDE, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE7
 from resnext_lit.runner import gpu_slots, visible_gpus
 from resnext_lit.sweep import agent_argv, grid_points, load_sweep
 from resnext_lit.sweep import main as sweep_main
@@ -87,36 +87,48 @@ def test_sweep_file_is_a_valid_wandb_grid_over_model_arch(path):
 def test_table3_grids_are_table2_settings_at_50_and_101_layers():
     for depth in (50, 101):
         grid = archs(f"table3_resnext{depth}.yaml")
+        assert grid == list(TABLE3[depth])  # the registry's Table 3 row, in its order
         assert [setting(a) for a in grid] == [(depth, c, d) for c, d in TABLE3_SETTINGS]
     assert [solve_bottleneck_width(c) for c, _ in TABLE3_SETTINGS] == \
         [d for _, d in TABLE3_SETTINGS]
 
 
 def test_table4_grid_doubles_complexity_by_depth_width_and_cardinality():
+    # The registry's Table 4 rows but its two 1x references, which the Table 3 sweep runs.
+    references = set(TABLE3[101])
+    assert archs("table4.yaml") == [name for _, _, name in TABLE4 if name not in references]
     assert [setting(a) for a in archs("table4.yaml")] == [
         (200, 1, 64), (101, 1, 100), (101, 2, 64), (101, 64, 4)]
+    assert [name for _, _, name in TABLE4 if name in references] == [
+        "resnext101_1x64d", "resnext101_32x4d"]
 
 
 def test_table7_grid_is_two_networks_times_two_datasets_times_ten_seeds():
     points = grid_points(load_sweep(ROOT / "sweeps" / "table7_cifar.yaml"))
     assert len(points) == 40
     assert {(p["model.arch"], p["data.init_args.num_classes"], p["seed_everything"])
-            for p in points} == {(a, n, s) for a in ("resnext29_8x64d", "resnext29_16x64d")
-                                 for n in (10, 100) for s in range(10)}
-    assert all(model_entry(a)["paper"][f"cifar{n}_err"] for a in ("resnext29_8x64d",
-                                                                  "resnext29_16x64d")
-               for n in (10, 100))
+            for p in points} == {(a, n, s) for a in TABLE7 for n in (10, 100) for s in range(10)}
+    assert TABLE7 == ("resnext29_8x64d", "resnext29_16x64d")
+    assert all(model_entry(a)["paper"][f"cifar{n}_err"] for a in TABLE7 for n in (10, 100))
 
 
 def test_fig7_grid_is_cardinality_series_and_width_series():
-    grid = [setting(a) for a in archs("fig7_cifar.yaml")]
-    assert grid == [(29, c, 64) for c in (1, 2, 4, 8, 16)] + \
+    grid = archs("fig7_cifar.yaml")
+    assert grid == list(dict.fromkeys(a for series in FIG7.values() for a in series))
+    assert [setting(a) for a in grid] == [(29, c, 64) for c in (1, 2, 4, 8, 16)] + \
         [(29, 1, d) for d in FIG7_WIDE.values()]
 
 
-def test_demo_grid_is_small_and_moves_cardinality():
+def test_demo_grid_is_small_moves_cardinality_and_is_not_the_papers():
     grid = archs("demo_cardinality.yaml")
-    assert [setting(a)[1] for a in grid] == [1, 2, 4, 8]
+    assert [setting(a) for a in grid] == [(11, c, 4) for c in (1, 2, 4, 8)]
+    assert all(model_entry(a)["dataset"] == "digits" and not model_entry(a)["in_paper"]
+               for a in grid)
+    # Its header names the folder the local runner really writes: runs/sweeps/<name>.
+    path = ROOT / "sweeps" / "demo_cardinality.yaml"
+    folder = f"runs/sweeps/{load_sweep(path)['name']}"
+    assert folder in path.read_text()
+    assert folder in (ROOT / "Makefile").read_text()
 
 
 @pytest.mark.slow
@@ -199,7 +211,7 @@ def offline_workdir(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, capsys):
-    write_sweep("tiny.yaml", "tiny", ["resnext29_1x64d", "resnext29_2x64d", "no_such_net"],
+    write_sweep("tiny.yaml", "tiny", ["resnext11_1x4d", "resnext11_2x4d", "no_such_net"],
                 TINY_FIT)
     state_path = Path("runs/sweeps/tiny/state.json")
     records = training_records
@@ -215,11 +227,11 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
     # Resumed, two at a time: the other two; the unknown arch fails.
     assert sweep_main(["tiny.yaml", "--parallel", "2"]) == 1
     runs = state()
-    assert runs["resnext29_1x64d"]["attempts"] == 1  # not run again
-    assert runs["resnext29_2x64d"]["status"] == "finished"
+    assert runs["resnext11_1x4d"]["attempts"] == 1  # not run again
+    assert runs["resnext11_2x4d"]["status"] == "finished"
     assert runs["no_such_net"]["status"] == "failed" and runs["no_such_net"]["returncode"] == 2
     assert len(records()) == 2
-    for arch in ("resnext29_1x64d", "resnext29_2x64d"):
+    for arch in ("resnext11_1x4d", "resnext11_2x4d"):
         record = json.loads(Path(runs[arch]["results"]).read_text())
         assert record["status"] == "finished" and record["arch"] == arch
         assert Path(runs[arch]["wandb_dir"]).is_dir()  # a real offline W&B run
@@ -227,7 +239,7 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
 
     assert sweep_main(["tiny.yaml"]) == 1  # only the failed run is tried again
     runs = state()
-    assert runs["no_such_net"]["attempts"] == 2 and runs["resnext29_2x64d"]["attempts"] == 1
+    assert runs["no_such_net"]["attempts"] == 2 and runs["resnext11_2x4d"]["attempts"] == 1
     assert len(records()) == 2
     out = capsys.readouterr().out
     assert "3 runs, 2 finished, 1 to run now" in out and "wandb sync" in out
@@ -235,9 +247,10 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
     assert table_main(["--runs", "runs/sweeps/tiny", "--out", "tables"]) == 0
     text = Path("tables/tables.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
-            if line.startswith("| resnext29") or line.startswith("| no_such_net")}
-    assert set(rows) == {"resnext29_1x64d", "resnext29_2x64d", "no_such_net"}
-    assert "1x4d" in rows["resnext29_1x64d"] and "2x4d" in rows["resnext29_2x64d"]
+            if line.startswith("| resnext11") or line.startswith("| no_such_net")}
+    assert set(rows) == {"resnext11_1x4d", "resnext11_2x4d", "no_such_net"}
+    assert rows["resnext11_1x4d"].split(" | ")[1:3] == ["11", "1x4d"]  # depth, C x d
+    assert rows["resnext11_2x4d"].split(" | ")[1:3] == ["11", "2x4d"]
     assert "- (failed)" in rows["no_such_net"]
     pngs = list(Path("tables").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
@@ -303,7 +316,7 @@ def test_parallel_runs_overlap_and_stop_on_ctrl_c(offline_workdir, monkeypatch, 
     above.)"""
     # The demo recipe trains on the CPU whatever the ids; its runs must see one each.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,9")
-    write_sweep("par.yaml", "par", ["resnext29_1x64d", "resnext29_2x64d"],
+    write_sweep("par.yaml", "par", ["resnext11_1x4d", "resnext11_2x4d"],
                 [*TINY_FIT, "--trainer.max_epochs=100000"])  # trains until stopped
     state_path = Path("runs/sweeps/par/state.json")
 

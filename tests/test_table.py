@@ -28,7 +28,7 @@ def record(arch, top1, top5=None, status="finished", seed=0, recipe="imagenet_pa
     """A results.json record; ImageNet runs default to the paper's recipe (global batch 256 on
     8 GPUs, 224 px train and val, crop 224/256), CIFAR runs to Sec. 5.3's (128, 32 px)."""
     entry = model_entry(arch)
-    stem = "cifar" if entry["depth"] == 29 else "imagenet"
+    stem = "imagenet" if entry["dataset"] == "imagenet" else "cifar"
     model = {"depth": entry["depth"], "cardinality": entry["cardinality"],
              "bottleneck_width": entry["bottleneck_width"], "form": "c", "stem": stem,
              "num_classes": num_classes, "params": 25_000_000, "macs": 4_200_000_000, **model}
@@ -126,22 +126,30 @@ def test_table7_cifar10_and_cifar100_columns_mean_over_seeds():
 def test_fig7_series_and_digits_demo_runs_land_in_the_right_tables(tmp_path):
     fig7 = [record(f"resnext29_{c}x64d", 5.0 - c / 10, recipe="cifar_paper", data=CIFAR,
                    num_classes=10, params=c * 1_000_000) for c in (1, 2, 4)]
-    demo = [record("resnext29_8x64d", 3.0 + s, recipe="demo", data=DIGITS, num_classes=10,
-                   depth=11, bottleneck_width=4, seed=s, params=900_000) for s in range(2)]
+    demo = [record("resnext11_8x4d", 3.0 + s, recipe="demo", data=DIGITS, num_classes=10,
+                   seed=s, params=900_000) for s in range(2)]
+    # The old demo: the paper's 8x64d overridden to 11 layers and d=4 is the same network.
+    demo.append(record("resnext29_8x64d", 3.5, recipe="demo", data=DIGITS, num_classes=10,
+                       depth=11, bottleneck_width=4, seed=2, params=900_000))
     tables = build_tables(fig7 + demo)
     f7 = by_title(tables, "Fig. 7")
     assert [r[1] for r in f7.rows if r[3] != GAP] == [
         "resnext29_1x64d", "resnext29_2x64d", "resnext29_4x64d", "resnext29_1x64d"]
     other = by_title(tables, "Other")
-    [row] = other.rows  # a digits run with d=4 is not the paper's 8x64d: no paper column
-    assert row[:6] == ["resnext29_8x64d", "11", "8x4d", "c", "digits", "demo"]
-    assert row[8] == "3.50 ± 0.71 (n=2)"
+    [row] = other.rows  # the demo's network is not in the paper: no paper column
+    assert row[:6] == ["resnext11_8x4d", "11", "8x4d", "c", "digits", "demo"]
+    assert row[8] == "3.50 ± 0.50 (n=3)"
+    assert not model_entry("resnext11_8x4d")["in_paper"]
+    assert not any("resnext11" in cell["row"] for t in tables if t is not other
+                   for cell in t.cells)
 
 
 def test_summarize_reads_partial_and_failure_records():
     failure = {"status": "failed", "arch": "no_such_net", "sweep_params": {}, "returncode": 2}
     s = summarize(failure)
     assert s["status"] == "failed" and s["top1"] is None and not s["paper_setting"]
+    assert summarize(record("resnext50_32x4d", 22.0))["paper_setting"]
+    assert not summarize(record("resnext11_8x4d", 9.0, data=DIGITS))["paper_setting"]
     [other] = build_tables([failure])
     assert other.rows[0][8] == f"{GAP} (failed)"
 
@@ -321,3 +329,16 @@ def test_old_records_without_the_recipe_keys_are_still_placed():
     tables = build_tables([planned, record("resnext50_32x4d", 22.4)])
     assert "22.40" in markdown([by_title(tables, "Table 3")])
     assert "global batch unrecorded (cell: 256)" in " ".join(apart_rows(tables))
+
+
+def test_an_old_record_is_on_the_data_its_network_is_registered_on():
+    """No `dataset` key: the registry's dataset of the network it built, never a guess."""
+    def old(arch, **kw):
+        rec = record(arch, 5.0, **kw)
+        del rec["dataset"]
+        return summarize(rec)["dataset"]
+    assert old("resnext50_32x4d") == "imagenet"
+    assert old("resnext29_8x64d", data=CIFAR, num_classes=100) == "cifar100"
+    assert old("resnext29_8x64d", data=DIGITS, num_classes=10, depth=11, bottleneck_width=4) \
+        == "digits"  # built resnext11_8x4d, the digits demo's network
+    assert old("resnext29_8x64d", data=DIGITS, cardinality=3) is None  # no registered network

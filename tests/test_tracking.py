@@ -110,7 +110,7 @@ def test_run_labels_name_the_setting_not_the_seed():
     assert tags == ["resnext50_32x4d", "depth50", "32x4d", "form-c", "imagenet_paper",
                     "imagenet"]
     group, tags = run_labels("resnext29_8x64d", 11, 8, 4, "b", "demo")
-    assert group == "demo/resnext29_8x64d-11layers-8x4d"
+    assert group == "demo/resnext11_8x4d"
     assert {"depth11", "8x4d", "form-b"} <= set(tags)
     assert run_labels("resnext29_8x64d", 29, 8, 64, "c")[0] == "resnext29_8x64d"
     # Table 7: one network on CIFAR-10 and CIFAR-100 is two settings, never one mean
@@ -223,11 +223,11 @@ def test_cli_fit_with_the_wandb_fragment_makes_a_real_offline_run(tmp_path):
     [results] = (tmp_path / "runs").rglob("results.json")
     record = json.loads(results.read_text())
     config = run["config"]
-    assert config["arch"] == record["arch"] == "resnext29_8x64d"
+    assert config["arch"] == record["arch"] == "resnext11_8x4d"
     assert config["params"] == record["model"]["params"]
     assert config["macs"] == record["model"]["macs"]
     assert (config["depth"], config["form"]) == (record["model"]["depth"], "c")
-    assert {"resnext29_8x64d", "2x2d", f"depth{record['model']['depth']}"} <= set(run["tags"])
+    assert {"resnext11_8x4d", "2x2d", f"depth{record['model']['depth']}"} <= set(run["tags"])
     logged = [h for h in run["history"] if "val/top1_err" in h]
     assert logged and logged[-1]["val/top1_err"] == pytest.approx(
         record["final"]["val/top1_err"])

@@ -46,7 +46,7 @@ def test_one_epoch_on_digits_writes_results_json(tmp_path):
     out = cli("fit", "--config", DEMO, *TINY, "--trainer.max_epochs=1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     record = results(tmp_path / "runs" / "demo")
-    assert record["status"] == "finished" and record["arch"] == "resnext29_8x64d"
+    assert record["status"] == "finished" and record["arch"] == "resnext11_8x4d"
     assert record["recipe"] == "demo"
     model = record["model"]
     assert (model["depth"], model["cardinality"], model["bottleneck_width"]) == (11, 2, 2)
@@ -62,7 +62,7 @@ def test_one_epoch_on_digits_writes_results_json(tmp_path):
     assert 0 <= epoch["val/top5_err"] <= epoch["val/top1_err"] <= 100
     assert record["best"]["val/top1_err"] == record["final"]["val/top1_err"] == \
         epoch["val/top1_err"]
-    assert record["config"]["model"]["arch"] == "resnext29_8x64d"
+    assert record["config"]["model"]["arch"] == "resnext11_8x4d"
     assert record["versions"]["torch"] == torch.__version__.split("+")[0]
     assert (tmp_path / "runs/demo/version_0/config.yaml").exists()
     assert (tmp_path / "runs/demo/version_0/checkpoints/last.ckpt").exists()

@@ -33,14 +33,24 @@ def group_width(planes: int, cardinality: int, bottleneck_width: int) -> int:
     return (planes * bottleneck_width // 64) * cardinality
 
 
-def check_block_args(cardinality: int, bottleneck_width: int, form: str) -> None:
-    """One-line ValueErrors for the block's hyper-parameters, raised before any module is built."""
+def check_args(layers, cardinality: int, bottleneck_width: int, form: str = "c",
+               num_classes: int = 1000, stem: str = "imagenet", zero_init_residual: bool = False,
+               blurpool: bool = False) -> None:
+    """One-line `UserError`s for `ResNeXt`'s arguments (the same signature), raised before any
+    module is built: the one check, run by `ResNeXt` and by `models.model_config`."""
     if not isinstance(cardinality, int) or cardinality < 1:
         raise UserError(f"cardinality must be an integer >= 1, got {cardinality!r}")
     if not isinstance(bottleneck_width, int) or bottleneck_width < 1:
         raise UserError(f"bottleneck_width must be an integer >= 1, got {bottleneck_width!r}")
     if form not in FORMS:
         raise UserError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if stem not in STEMS:
+        raise UserError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    layers = tuple(layers)
+    if not layers or any(not isinstance(n, int) or n < 1 for n in layers):
+        raise UserError(f"layers must be positive block counts per stage, got {layers!r}")
 
 
 def blurs(in_channels: int, stride: int) -> bool:
@@ -118,18 +128,18 @@ class Bottleneck(nn.Module):
     form "a": C paths 1x1 -> 3x3 -> 1x1, summed, BN after the sum (Fig. 3a, footnote 6).
     All three compute the same function for matching weights (Sec. 3.3; see `convert_form`).
     Downsampling strides the 3x3 conv, as in the paper's released code and torchvision;
-    `blurpool` blurs that conv's input where `blurs` says so.
+    `blurpool` blurs that conv's input where `blurs` says so. `ResNeXt` checks the arguments
+    (`check_args`) once for all its blocks.
     """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, cardinality: int = 1,
                  bottleneck_width: int = 64, form: str = "c", downsample: nn.Module | None = None,
                  blurpool: bool = False):
         super().__init__()
-        check_block_args(cardinality, bottleneck_width, form)
         width, outplanes = group_width(planes, cardinality, bottleneck_width), planes * EXPANSION
         if width == 0:
             raise UserError(f"bottleneck_width={bottleneck_width} is too small: "
-                             f"floor({planes} * d / 64) is 0 at planes={planes}")
+                            f"floor({planes} * d / 64) is 0 at planes={planes}")
         self.form, self.cardinality = form, cardinality
         blur = blurpool and blurs(width, stride)  # judged on C * d in every form (see `blurs`)
         if form == "c":
@@ -192,15 +202,9 @@ class ResNeXt(nn.Module):
                  bottleneck_width: int = 64, form: str = "c", num_classes: int = 1000,
                  stem: str = "imagenet", zero_init_residual: bool = False,
                  blurpool: bool = False):
-        super().__init__()
-        check_block_args(cardinality, bottleneck_width, form)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise UserError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if stem not in STEMS:
-            raise UserError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         layers = tuple(layers)
-        if not layers or any(not isinstance(n, int) or n < 1 for n in layers):
-            raise UserError(f"layers must be positive block counts per stage, got {layers!r}")
+        check_args(layers, cardinality, bottleneck_width, form, num_classes, stem)
+        super().__init__()
         self.config = dict(layers=layers, cardinality=cardinality,
                            bottleneck_width=bottleneck_width, form=form, num_classes=num_classes,
                            stem=stem, zero_init_residual=zero_init_residual, blurpool=blurpool)

@@ -1,6 +1,10 @@
 """`python -m resnext_lit models`: the zoo as a table, measured, beside the paper's figures.
 
-Every network is built on the meta device, so the whole zoo is counted in seconds.
+    python -m resnext_lit models              # a Rich table
+    python -m resnext_lit models --markdown   # the same rows as Markdown
+
+Every network is built on the meta device, so the whole zoo is counted in seconds. Data, native
+resolution, aliases and where the paper has each network all come from the registry.
 """
 
 from __future__ import annotations
@@ -10,25 +14,35 @@ import argparse
 import torch
 
 from .complexity import complexity
-from .registry import create_model, list_models, model_config, model_entry
+from .registry import create_model, list_models, model_entry
 
-NATIVE_SIZE = {"imagenet": 224, "cifar": 32}  # the resolution each stem's paper figures use
+HEADER = ("model", "depth", "C", "d", "params M", "GMACs", "px", "paper err %", "data",
+          "in paper", "alias")
 
 
 def zoo_rows(names: list[str] | None = None) -> list[dict]:
-    """One dict per model: name, depth, C, d, params, MACs at its native size, paper error."""
+    """One dict per model: name, depth, C, d, params, MACs at its native size, paper error
+    (ImageNet top-1, or CIFAR-10 test error), data, where the paper has it, aliases."""
     rows = []
     for name in names or list_models():
-        entry, config = model_entry(name), model_config(name)
+        entry = model_entry(name)
         with torch.device("meta"):
-            cost = complexity(create_model(name), NATIVE_SIZE[config["stem"]])
+            cost = complexity(create_model(name), entry["image_size"])
         paper = entry["paper"]
         rows.append(dict(name=name, depth=entry["depth"], C=entry["cardinality"],
-                         d=entry["bottleneck_width"], size=NATIVE_SIZE[config["stem"]],
+                         d=entry["bottleneck_width"], size=entry["image_size"],
                          params_m=cost["params"] / 1e6, gmacs=cost["macs"] / 1e9,
                          paper_err=paper.get("top1_err", paper.get("cifar10_err")),
-                         dataset="CIFAR-10" if config["stem"] == "cifar" else "IN-1k"))
+                         dataset=entry["dataset"], tables=entry["tables"],
+                         aliases=entry["aliases"]))
     return rows
+
+
+def in_paper(tables: tuple[str, ...]) -> str:
+    """Where the paper has a network, compactly: ("Table 3", "Table 4") -> "Table 3, 4"."""
+    numbers = [t.removeprefix("Table ") for t in tables if t.startswith("Table ")]
+    parts = ["Table " + ", ".join(numbers)] if numbers else []
+    return "; ".join(parts + [t for t in tables if not t.startswith("Table ")]) or "no"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,20 +50,21 @@ def main(argv: list[str] | None = None) -> int:
                                      description="List the model zoo with measured complexity.")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
-    header = ("model", "depth", "C", "d", "params M", "GMACs", "px", "paper err %", "data")
     rows = [(r["name"], str(r["depth"]), str(r["C"]), str(r["d"]), f"{r['params_m']:.2f}",
              f"{r['gmacs']:.2f}", str(r["size"]),
-             "" if r["paper_err"] is None else f"{r['paper_err']:.2f}", r["dataset"])
+             "" if r["paper_err"] is None else f"{r['paper_err']:.2f}", r["dataset"],
+             in_paper(r["tables"]), ", ".join(r["aliases"]))
             for r in zoo_rows()]
     if args.markdown:
-        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        print("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER))
         print("\n".join("| " + " | ".join(row) + " |" for row in rows))
         return 0
     from rich.console import Console
     from rich.table import Table
-    table = Table(title="resnext_lit model zoo (MACs = the paper's FLOPs; top-1 error)")
-    for i, col in enumerate(header):
-        table.add_column(col, justify="left" if i in (0, 8) else "right", no_wrap=i == 0)
+    table = Table(title="resnext_lit model zoo (MACs = the paper's FLOPs; paper err: ImageNet "
+                        "top-1, CIFAR-10 for cifar)")
+    for i, col in enumerate(HEADER):
+        table.add_column(col, justify="right" if 1 <= i <= 7 else "left", no_wrap=i == 0)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
