@@ -75,7 +75,7 @@ def bad(tmp_path_factory) -> dict:
                                                      "label": FloatField()},
                   num_workers=1).from_indexed_dataset([(np.zeros((8, 8, 3), np.uint8), 0.5)] * 3)
 
-    module = ResNeXtModule("resnext29_8x64d", 10, depth=11, cardinality=2, bottleneck_width=2)
+    module = ResNeXtModule("resnext11_8x4d", 10, depth=11, cardinality=2, bottleneck_width=2)
     trainer = Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=root)
     trainer.fit(module, SyntheticDataModule(batch_size=4, image_size=16))
@@ -249,7 +249,7 @@ def test_workers_above_the_cores_warn_and_train(bad, tmp_path):
 def test_in_memory_datamodules_clip_workers_too(datamodule):
     import importlib
 
-    from resnext_lit.data.distributed import usable_cores
+    from resnext_lit.data.workers import usable_cores
 
     module, name = datamodule.split(".")
     cls = getattr(importlib.import_module(f"resnext_lit.data.{module}"), name)

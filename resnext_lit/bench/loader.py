@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from resnext_lit.data import INCEPTION_RATIO, INCEPTION_SCALE
-from resnext_lit.data.distributed import usable_cores
+from resnext_lit.data.workers import usable_cores
 
 from .common import Report, interleave
 from .imagenet_like import ensure_dataset

@@ -29,7 +29,8 @@ from torchvision.transforms import v2
 
 from ..errors import UserError
 from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, TensorImages
-from .distributed import ExactShardSampler, clip_workers, rank_and_world
+from .distributed import ExactShardSampler, rank_and_world
+from .workers import clip_workers
 
 IMAGE_SIZE = 32
 # Per class count: the folder, its train and test files, the label key, channel statistics.
@@ -63,7 +64,7 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path} is not a CIFAR batch file: {err}") from None
     if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE ** 2 or len(data) != len(labels):
         raise UserError(f"{path} is not a CIFAR batch file: data {data.shape}, "
-                         f"{len(labels)} labels")
+                        f"{len(labels)} labels")
     return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
 
 
@@ -90,7 +91,7 @@ class CIFARDataModule(LightningDataModule):
         super().__init__()
         if num_classes not in RELEASES:  # a plain int: Lightning wants the model's type
             raise UserError(f"data.num_classes must be 10 (CIFAR-10) or 100 (CIFAR-100), "
-                             f"got {num_classes}")
+                            f"got {num_classes}")
         self.save_hyperparameters()
         release, self.label_key, self.mean, self.std = RELEASES[num_classes]
         self.folder = Path(root).expanduser() / release.base_folder
@@ -100,7 +101,7 @@ class CIFARDataModule(LightningDataModule):
                    if not (self.folder / name).is_file()]
         if missing:  # now, before any model is built
             raise UserError(f"{self.folder / missing[0]} does not exist: extract "
-                             f"cifar-{num_classes}-python.tar.gz under data.root={root}")
+                            f"cifar-{num_classes}-python.tar.gz under data.root={root}")
         self.num_classes, self.batch_size = num_classes, batch_size
         self.num_workers = clip_workers(num_workers)
 
@@ -117,7 +118,7 @@ class CIFARDataModule(LightningDataModule):
         images, labels = (torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise UserError(f"{self.folder}: labels outside 0..{self.num_classes - 1} in "
-                             f"the {split} files")
+                            f"the {split} files")
         return images, labels
 
     def setup(self, stage: str) -> None:

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD, TensorImages
-from .distributed import clip_workers
+from .workers import clip_workers
 
 CLASSES = tuple(str(i) for i in range(10))
 

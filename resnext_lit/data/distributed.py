@@ -1,4 +1,5 @@
-"""Exact validation under DDP and worker counts that fit the machine, for both DataModules.
+"""Rank slicing for exact validation under DDP, for every DataModule: `rank_slice` and the
+`ExactShardSampler` built on it (worker counts are `workers.py`'s).
 
     from resnext_lit.data.distributed import rank_slice
     rank_slice(50_000, rank=1, world_size=3)   # range(16666, 33333)
@@ -11,9 +12,6 @@ metric states (summed over ranks by torchmetrics) give the error of the whole sp
 
 from __future__ import annotations
 
-import os
-import warnings
-
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
@@ -24,7 +22,7 @@ def rank_slice(num_items: int, rank: int, world_size: int) -> range:
     """The contiguous share of `num_items` for `rank`; the shares tile 0..num_items exactly."""
     if num_items < world_size:
         raise UserError(f"{num_items} validation images cannot be split over {world_size} "
-                         "ranks with at least one each")
+                        "ranks with at least one each")
     return range(num_items * rank // world_size, num_items * (rank + 1) // world_size)
 
 
@@ -37,28 +35,12 @@ def rank_and_world(trainer=None) -> tuple[int, int]:
     return 0, 1
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def clip_workers(num_workers: int, limit: int | None = None, what: str = "data.num_workers") -> int:
-    """`num_workers` capped at the cores this process may use (FFCV raises above numba's
-    thread limit, which is the core count); warns when it clips."""
-    limit = usable_cores() if limit is None else limit
-    if num_workers > limit:
-        warnings.warn(f"{what}={num_workers} is more than the {limit} usable cores; using {limit}",
-                      stacklevel=3)
-        return limit
-    return num_workers
-
-
 class ExactShardSampler(DistributedSampler):
     """A `DistributedSampler` that yields this rank's `rank_slice` in order, without padding.
 
-    Being a DistributedSampler, Lightning leaves it in place instead of injecting its own."""
+    Being a DistributedSampler, Lightning leaves it in place instead of injecting its own
+    (documented: Trainer `use_distributed_sampler`, "if a distributed sampler was already added,
+    Lightning will not replace the existing one")."""
 
     def __init__(self, dataset, num_replicas: int, rank: int):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)

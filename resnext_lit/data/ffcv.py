@@ -21,7 +21,7 @@ int64 [N]; the LightningModule normalises on the device. `batch_size` is per pro
 
 Under DDP, training is sharded by FFCV's `distributed=True` (the DistributedSampler order: ranks
 disjoint, reshuffled every epoch from `seed`); validation gives each rank a contiguous unpadded
-slice (`shards.rank_slice`), so `val/top1_err` is the error of the whole split. Loaders are
+slice (`distributed.rank_slice`), so `val/top1_err` is the error of the whole split. Loaders are
 built in the dataloader hooks (the process group exists by then), each with fresh op lists
 because FFCV keeps state in the ops it is given. FFCV reuses its batch buffers; its queue is one
 place shorter here so the two batches Lightning holds at a time are never refilled under it.
@@ -51,8 +51,10 @@ from lightning import Callback, LightningDataModule
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from ..errors import UserError
-from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
-from .distributed import clip_workers, rank_and_world, rank_slice, usable_cores
+from . import (CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE,
+               check_imagenet_args)
+from .distributed import rank_and_world, rank_slice
+from .workers import clip_workers, usable_cores
 from .beton.sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 
 RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
@@ -63,7 +65,12 @@ ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM
 class _HeldBatchesIterator(EpochIterator):
     """FFCV refills a batch's buffers `batches_ahead + 2` batches later: safe for a consumer that
     holds one batch. Lightning holds two (it prefetches the next to know which is last), and
-    the producer would overwrite the batch in use; one queue place fewer keeps both intact."""
+    the producer would overwrite the batch in use; one queue place fewer keeps both intact.
+
+    FFCV has no public hook for the queue length or the iterator class, so this relies on
+    EpochIterator's internals, checked against ffcv 1.0.2 (tests/test_internals_data.py): its
+    `__init__` makes `output_queue` and calls `start()` last; `run` puts with a 0.5 s timeout
+    and returns once `terminate_event` is set; `close` releases the epoch's memory."""
 
     def start(self) -> None:  # called at the end of __init__, before the producer runs
         self.output_queue = Queue(self.loader.batches_ahead - 1)
@@ -81,7 +88,10 @@ class _HeldBatchesIterator(EpochIterator):
 
 class _LightningLoader(Loader):
     """FFCV's Loader whose epochs run on `_HeldBatchesIterator` (its __iter__, re-stated), one
-    epoch at a time: a new epoch stops the previous one if it is still producing."""
+    epoch at a time: a new epoch stops the previous one if it is still producing.
+
+    `__iter__` re-states `ffcv.loader.Loader.__iter__` of ffcv 1.0.2 (no hook picks the
+    iterator class); tests/test_internals_data.py fails when FFCV's changes."""
 
     _epoch: _HeldBatchesIterator | None = None
 
@@ -112,7 +122,8 @@ class _TrainLoader(_LightningLoader):
             self.next_epoch = trainer.current_epoch
         res = self._datamodule.train_res(self.next_epoch)
         # FFCV sizes the batch buffers from the decoder at every epoch start and its compiled
-        # code is size-agnostic, so a new resolution needs no recompilation.
+        # code is size-agnostic, so a new resolution needs no recompilation (ffcv-imagenet sets
+        # `output_size` the same way; checked against ffcv 1.0.2 in test_internals_data.py).
         self._decoder.output_size = (res, res)
         return super().__iter__()
 
@@ -158,29 +169,23 @@ class FFCVDataModule(LightningDataModule):
                  batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0,
                  classes: list[str] | str | None = None):
         super().__init__()
-        for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
-                            ("val_batch_size", val_batch_size or 1),
-                            ("batches_ahead", batches_ahead), ("num_workers", num_workers)):
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{name} must be a positive integer, got {value!r}")
+        check_imagenet_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
+                            batch_size=batch_size, val_batch_size=val_batch_size,
+                            batches_ahead=batches_ahead, num_workers=num_workers)
         if batches_ahead < MIN_BATCHES_AHEAD:
             raise UserError(f"data.batches_ahead must be >= {MIN_BATCHES_AHEAD} (Lightning holds "
-                             f"two batches at a time), got {batches_ahead}")
-        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise UserError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
-        if not 0 < val_crop_ratio <= 1:
-            raise UserError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
+                            f"two batches at a time), got {batches_ahead}")
         if order not in ORDERS:
             raise UserError(f"data.order must be one of {', '.join(ORDERS)}, got {order!r}")
         if order == "quasi_random" and os_cache:
             raise UserError("data.order=quasi_random needs data.os_cache=false "
-                             "(FFCV plans its reads over its own page cache)")
+                            "(FFCV plans its reads over its own page cache)")
         self.save_hyperparameters()
         train_info, val_info = _split_infos(train_path, val_path, classes)
         if val_info["classes"] != train_info["classes"]:
             raise UserError(f"{val_path} was written with other classes than {train_path} "
-                             f"({len(val_info['classes'])} vs {len(train_info['classes'])}); "
-                             "write val with --train or --classes pointing at the train split")
+                            f"({len(val_info['classes'])} vs {len(train_info['classes'])}); "
+                            "write val with --train or --classes pointing at the train split")
         self.num_classes: int = len(train_info["classes"])
         self.classes: list[str] = train_info["classes"]
         self.class_counts: list[int] = train_info["class_counts"]  # train images per class
@@ -201,7 +206,7 @@ class FFCVDataModule(LightningDataModule):
         _, world = rank_and_world(self.trainer)
         if self.hparams.order == "quasi_random" and world > 1:
             raise UserError("data.order=quasi_random works on one process only (FFCV); "
-                             "use data.order=random under DDP")
+                            "use data.order=random under DDP")
 
     def _common(self) -> dict:
         hp = self.hparams
@@ -254,7 +259,7 @@ def _split_infos(train_path, val_path, classes) -> tuple[dict, dict]:
         for path, info in zip(paths, checked):
             if info is not None and info["classes"] != names:
                 raise UserError(f"data.classes ({len(names)} names) differs from the classes "
-                                 f"in the sidecar of {path} ({len(info['classes'])})")
+                                f"in the sidecar of {path} ({len(info['classes'])})")
     else:
         names = next((info["classes"] for info in checked if info is not None), None)
     infos = [info or read_unchecked_info(p, names) for p, info in zip(paths, checked)]
@@ -292,11 +297,11 @@ class ProgressiveResizing(Callback):
         super().__init__()
         if min_res % RES_STEP or max_res % RES_STEP or not 0 < min_res <= max_res:
             raise UserError(f"ProgressiveResizing: min_res ({min_res}) <= max_res ({max_res}) "
-                             f"must be positive multiples of {RES_STEP}")
+                            f"must be positive multiples of {RES_STEP}")
         if (start_ramp is None) != (end_ramp is None) or (
                 start_ramp is not None and not 0 <= start_ramp <= end_ramp):
             raise UserError(f"ProgressiveResizing: need 0 <= start_ramp ({start_ramp}) <= "
-                             f"end_ramp ({end_ramp}), or neither (ffcv-imagenet's ramp)")
+                            f"end_ramp ({end_ramp}), or neither (ffcv-imagenet's ramp)")
         self.min_res, self.max_res = min_res, max_res
         self.start_ramp, self.end_ramp = start_ramp, end_ramp
 
@@ -306,9 +311,9 @@ class ProgressiveResizing(Callback):
             return self.start_ramp, self.end_ramp
         if max_epochs not in FFCV_IMAGENET_RAMPS:
             raise UserError(f"ProgressiveResizing: ffcv-imagenet has no ramp for "
-                             f"trainer.max_epochs={max_epochs} (it has "
-                             f"{', '.join(map(str, FFCV_IMAGENET_RAMPS))}); give start_ramp "
-                             "and end_ramp")
+                            f"trainer.max_epochs={max_epochs} (it has "
+                            f"{', '.join(map(str, FFCV_IMAGENET_RAMPS))}); give start_ramp "
+                            "and end_ramp")
         return FFCV_IMAGENET_RAMPS[max_epochs]
 
     def resolution(self, epoch: int) -> int:
@@ -323,7 +328,7 @@ class ProgressiveResizing(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not isinstance(trainer.datamodule, FFCVDataModule):
             raise UserError("ProgressiveResizing needs data: FFCVDataModule, got "
-                             f"{type(trainer.datamodule).__name__}")
+                            f"{type(trainer.datamodule).__name__}")
         if self.start_ramp is None and trainer.fast_dev_run:  # a smoke run: min_res, no ramp
             self.start_ramp = self.end_ramp = 1
         self.start_ramp, self.end_ramp = self.ramp_for(trainer.max_epochs)

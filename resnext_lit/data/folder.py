@@ -15,7 +15,7 @@ indices are the train folder's sorted names; val may be an ImageFolder tree or I
 layout (`val_labels`). Files are decoded by `images.load_rgb`, as the writer does; unlike the
 writer, a broken file stops the run (screening 1.28M files at every start would cost minutes),
 naming the file.
-Under DDP the val split is sharded exactly (`shards.ExactShardSampler`), like the FFCV module.
+Under DDP the val split is sharded exactly (`distributed.ExactShardSampler`), like the FFCV module.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..errors import UserError
-from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE
+from . import (CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE,
+               check_imagenet_args)
 from .images import BadImage, list_classes, list_image_folder, load_rgb
 from .imagenet_val import flat_val_samples, read_val_labels
-from .distributed import ExactShardSampler, clip_workers, rank_and_world
-
+from .distributed import ExactShardSampler, rank_and_world
+from .workers import clip_workers
 
 
 class CenterCropRatio(torch.nn.Module):
@@ -102,14 +103,8 @@ class ImageFolderDataModule(LightningDataModule):
                  crop_scale: tuple[float, float] = INCEPTION_SCALE, flip: bool = True,
                  num_workers: NonNegativeInt = 8):
         super().__init__()
-        for name, value in (("res", res), ("val_res", val_res), ("batch_size", batch_size),
-                            ("val_batch_size", val_batch_size or 1)):
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{name} must be a positive integer, got {value!r}")
-        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise UserError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
-        if not 0 < val_crop_ratio <= 1:
-            raise UserError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
+        check_imagenet_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
+                            batch_size=batch_size, val_batch_size=val_batch_size)
         self.save_hyperparameters()
         self.classes: list[str] = list_classes(train_dir)  # a directory listing: cheap
         if val_labels is None:
@@ -147,6 +142,7 @@ class ImageFolderDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self.trainer)
         sampler = ExactShardSampler(self.val_set, world, rank) if world > 1 else None
-        return self._loader(self.val_set, self.hparams.val_batch_size or self.batch_size, sampler=sampler)
+        return self._loader(self.val_set, self.hparams.val_batch_size or self.batch_size,
+                            sampler=sampler)
 
     test_dataloader = val_dataloader

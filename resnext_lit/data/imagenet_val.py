@@ -42,7 +42,7 @@ def read_synsets(path: str | os.PathLike) -> list[str]:
                      if 1 <= int(s["ILSVRC2012_ID"]) <= NUM_ILSVRC_CLASSES}
         except (KeyError, ValueError, TypeError, IndexError) as err:
             raise UserError(f"{path} is not the devkit's meta.mat (no synsets/WNID: "
-                             f"{err})") from None
+                            f"{err})") from None
         wnids = [by_id.get(k) for k in range(1, len(by_id) + 1)]
         if not wnids or None in wnids:
             raise UserError(f"{path}: ILSVRC2012_IDs are not 1..{len(by_id)}")
@@ -64,7 +64,7 @@ def read_val_labels(labels_file: str | os.PathLike,
             rows = list(csv.reader(fh))
         if not rows or [c.strip() for c in rows[0][:2]] != ["ImageId", "PredictionString"]:
             raise UserError(f"{labels_file} is not a LOC_val_solution.csv "
-                             "(header ImageId,PredictionString)")
+                            "(header ImageId,PredictionString)")
         labels = {}
         for number, row in enumerate(rows[1:], start=2):
             if len(row) < 2 or not row[1].split():
@@ -73,7 +73,7 @@ def read_val_labels(labels_file: str | os.PathLike,
         return labels
     if synsets_file is None:
         raise UserError(f"{labels_file.name} holds ILSVRC2012_IDs; pass --synsets with the "
-                         "devkit's meta.mat (or a WNID-per-line file in ID order)")
+                        "devkit's meta.mat (or a WNID-per-line file in ID order)")
     wnids = read_synsets(synsets_file)
     labels = {}
     for number, line in enumerate(labels_file.read_text().splitlines(), start=1):
@@ -83,7 +83,7 @@ def read_val_labels(labels_file: str | os.PathLike,
             raise UserError(f"{labels_file}:{number}: {line!r} is not an ILSVRC2012_ID") from None
         if not 1 <= class_id <= len(wnids):
             raise UserError(f"{labels_file}:{number}: ILSVRC2012_ID {class_id} is not in "
-                             f"1..{len(wnids)} of {synsets_file}")
+                            f"1..{len(wnids)} of {synsets_file}")
         labels[DEVKIT_STEM.format(number)] = wnids[class_id - 1]
     return labels
 
@@ -99,7 +99,7 @@ def flat_val_samples(folder: str | os.PathLike, labels: dict[str, str], classes:
     unknown = sorted({wnid for wnid in labels.values() if wnid not in index_of})
     if unknown:
         raise UserError(f"validation labels name classes that are not train classes: "
-                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+                        f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     samples, unlabelled = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not (entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)):
@@ -111,5 +111,5 @@ def flat_val_samples(folder: str | os.PathLike, labels: dict[str, str], classes:
             samples.append((entry.path, index_of[wnid]))
     if not samples:
         raise UserError(f"no image in {folder} has a label in the ground truth "
-                         f"(expected names like {DEVKIT_STEM.format(1)}.JPEG)")
+                        f"(expected names like {DEVKIT_STEM.format(1)}.JPEG)")
     return samples, unlabelled

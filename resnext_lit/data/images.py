@@ -38,7 +38,7 @@ def list_classes(root: str | os.PathLike) -> list[str]:
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
         raise UserError(f"image folder {root} has no class sub-folders "
-                         "(expected ROOT/<class>/<image>)")
+                        "(expected ROOT/<class>/<image>)")
     return classes
 
 
@@ -59,7 +59,7 @@ def list_image_folder(root: str | os.PathLike, classes: list[str]) -> list[tuple
     unknown = sorted(set(present) - set(classes))
     if unknown:
         raise UserError(f"{root} has class folders that are not in the class list: "
-                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+                        f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     samples = []
     for index, name in enumerate(classes):
         if name not in present:
@@ -67,7 +67,7 @@ def list_image_folder(root: str | os.PathLike, classes: list[str]) -> list[tuple
         files = _image_files(str(root / name))
         if not files:
             raise UserError(f"class folder {root / name} has no image files "
-                             f"({'/'.join(IMAGE_EXTENSIONS)})")
+                            f"({'/'.join(IMAGE_EXTENSIONS)})")
         samples += [(path, index) for path in files]
     return samples
 
@@ -129,7 +129,8 @@ def export_imagefolder(images_uint8_nhwc, labels, class_names: list[str],
     images = np.asarray(images_uint8_nhwc)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
-        raise UserError(f"export_imagefolder wants uint8 [N,H,W(,3)] images and N labels, got "
+        # Arrays from the caller's code, not a user's file or flag: a bug, with its traceback.
+        raise ValueError(f"export_imagefolder wants uint8 [N,H,W(,3)] images and N labels, got "
                          f"{images.dtype} {images.shape} and {labels.shape}")
     root = Path(root)
     for name in class_names:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD
-from .distributed import clip_workers
+from .workers import clip_workers
 
 
 class SyntheticDataModule(LightningDataModule):

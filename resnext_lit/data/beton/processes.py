@@ -70,7 +70,9 @@ _worker_logs: str | None = None  # set in the writer process, before FFCV forks 
 
 def _on_fork() -> None:
     """In each FFCV worker, at fork (FFCV takes no initializer): quiet it, tie it to the writer
-    process, and send its stderr, where a dying worker's traceback goes, to a log."""
+    process, and send its stderr, where a dying worker's traceback goes, to a log. Runs because
+    ffcv 1.0.2 starts its workers with multiprocessing's default context, fork on Linux up to
+    Python 3.13 (tests/test_internals_data.py)."""
     if _worker_logs is not None:
         quiet_worker()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the writer's handler: just stop
@@ -264,6 +266,10 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
     watchdog = _WorkerWatchdog()
     stop = _Stop(watchdog)
 
+    # FFCV 1.0.2's writer has no hooks for signals, progress or cleanup: `prepare` (creates the
+    # file and the shared `metadata_sm`), the module-level `tqdm` that `_write_common` calls and
+    # its default-context (fork) `Process` workers are its internals, as checked against ffcv
+    # 1.0.2 by tests/test_internals_data.py.
     class Writer(ffcv.writer.DatasetWriter):
         def prepare(self):  # creates the file and FFCV's shared memory
             with stop.held():
@@ -278,7 +284,7 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
         bars.append(tqdm(*args, disable=not progress, file=terminal, **kwargs))
         return bars[-1]
 
-    ffcv.writer.tqdm = bar
+    ffcv.writer.tqdm = bar  # in this process only; ffcv 1.0.2 looks `tqdm` up at module level
     writer = Writer(str(partial_path), fields, page_size=page, num_workers=workers)
     code = 0
     try:

@@ -77,7 +77,7 @@ def _read_layout(beton: Path) -> tuple[np.void, list[str]]:
     header = np.fromfile(beton, dtype=HeaderType, count=1)[0]
     if header["version"] != CURRENT_VERSION:
         raise UserError(f"{beton} is not a .beton of FFCV format {CURRENT_VERSION} "
-                         f"(header says version {header['version']})")
+                        f"(header says version {header['version']})")
     count = int(header["num_fields"])
     descriptors = np.fromfile(beton, dtype=FieldDescType, count=count, offset=header_bytes)
     if len(descriptors) != count:
@@ -86,8 +86,8 @@ def _read_layout(beton: Path) -> tuple[np.void, list[str]]:
     types = [TYPE_ID_HANDLER.get(int(d["type_id"])) for d in descriptors]
     if dict(zip(names, types)) != FIELDS or len(names) != len(FIELDS):
         raise UserError(f"{beton} has fields {_field_list(names, types)}; expected "
-                         f"{_field_list(FIELDS, FIELDS.values())} (as ffcv-imagenet and "
-                         "`python -m resnext_lit write-beton` write them)")
+                        f"{_field_list(FIELDS, FIELDS.values())} (as ffcv-imagenet and "
+                        "`python -m resnext_lit write-beton` write them)")
     return header, names
 
 
@@ -105,7 +105,7 @@ def read_records(beton: Path) -> dict[str, np.ndarray]:
     expected = int(header["alloc_table_ptr"]) + records * ALLOC_TABLE_TYPE.itemsize
     if header["alloc_table_ptr"] == 0 or size != expected:
         raise UserError(f"{beton} is {size} bytes but its header implies {expected}: "
-                         "truncated, or still being written or copied")
+                        "truncated, or still being written or copied")
     metadata = Reader(str(beton)).metadata  # FFCV names the columns f0, f1, ... in field order
     return {name: metadata[f"f{i}"] for i, name in enumerate(names)}
 
@@ -122,18 +122,18 @@ def resolve_classes(classes) -> list[str]:
             return list_classes(path)
         if not path.is_file():
             raise UserError(f"classes {path}: expected a train ImageFolder, a .beton.json "
-                             "sidecar or a text file of class names")
+                            "sidecar or a text file of class names")
         if path.suffix == SIDECAR_SUFFIX:
             try:
                 names = list(json.loads(path.read_text())["classes"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise UserError(f"{path} is not a beton sidecar with a class list "
-                                 f"({err})") from None
+                                f"({err})") from None
         else:
             names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not names or len(set(names)) != len(names):
         raise UserError(f"classes {classes!r}: expected distinct class names, "
-                         f"got {len(names)} names, {len(set(names))} distinct")
+                        f"got {len(names)} names, {len(set(names))} distinct")
     return names
 
 
@@ -144,7 +144,7 @@ def _label_info(beton: Path, labels: np.ndarray, classes) -> dict:
     names = resolve_classes(classes) if classes is not None else [str(i) for i in range(high + 1)]
     if low < 0 or high >= len(names):
         raise UserError(f"{beton} has labels {low}..{high}, outside the {len(names)} classes "
-                         "given (labels must be class indices 0..N-1)")
+                        "given (labels must be class indices 0..N-1)")
     return {"classes": names, "class_counts": np.bincount(labels, minlength=len(names)).tolist(),
             "num_records": len(labels)}
 
@@ -187,10 +187,10 @@ def read_beton_info(beton: str | os.PathLike) -> dict:
     side = sidecar_path(beton)
     if not beton.is_file():
         raise UserError(f"{beton} does not exist (write it with "
-                         "`python -m resnext_lit write-beton`)")
+                        "`python -m resnext_lit write-beton`)")
     if not side.is_file():
         raise UserError(f"{beton} has no sidecar {side.name}; write one with "
-                         f"`python -m resnext_lit write-beton --adopt {beton}`")
+                        f"`python -m resnext_lit write-beton --adopt {beton}`")
     try:
         info = json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -198,22 +198,22 @@ def read_beton_info(beton: str | os.PathLike) -> dict:
     missing = [key for key in REQUIRED_KEYS if not isinstance(info, dict) or key not in info]
     if missing or info["format"] != SIDECAR_FORMAT:
         raise UserError(f"sidecar {side} is not a {SIDECAR_FORMAT} sidecar "
-                         f"(missing {', '.join(missing) or 'nothing'}, "
-                         f"format {info.get('format')!r})")
+                        f"(missing {', '.join(missing) or 'nothing'}, "
+                        f"format {info.get('format')!r})")
     size = beton.stat().st_size
     if size != info["file_size"]:
         raise UserError(f"{beton} is {size} bytes but its sidecar says {info['file_size']}: "
-                         "truncated, still being copied, or from another write")
+                        "truncated, still being copied, or from another write")
     records, _ = read_header(beton)
     if records != info["num_records"]:
         raise UserError(f"{beton} holds {records} records but its sidecar says "
-                         f"{info['num_records']}: the sidecar is from another write")
+                        f"{info['num_records']}: the sidecar is from another write")
     if fingerprint(beton) != info["fingerprint"]:
         raise UserError(f"{beton} does not match the fingerprint in {side.name}: "
-                         "the file changed or the sidecar is from another write")
+                        "the file changed or the sidecar is from another write")
     if len(info["class_counts"]) != len(info["classes"]) or not info["classes"]:
         raise UserError(f"sidecar {side}: {len(info['classes'])} classes but "
-                         f"{len(info['class_counts'])} class counts")
+                        f"{len(info['class_counts'])} class counts")
     return {**info, "checked": True}
 
 
@@ -236,7 +236,7 @@ def adopt(betons, classes=None) -> list[str]:
             raise UserError(f"{err} (remove {side} to adopt {beton.name} anew)") from None
         if classes is not None and resolve_classes(classes) != info["classes"]:
             raise UserError(f"{side} names other classes than --classes; remove it to adopt "
-                             f"{beton.name} anew")
+                            f"{beton.name} anew")
         lines.append(f"{beton}: already has a sidecar ({side.name}) that matches it; left as is")
     for beton, side, info in todo:
         write_json_atomic(side, info)

@@ -22,7 +22,7 @@ are skipped and listed (path, reason) in `<beton>.skipped.tsv` and in the summar
 grayscale, palette, RGBA and PNG-named-.jpg files become RGB. Skips do not fail the write (exit
 status 0, printed, counted in the sidecar) because one bad file should not cost an hour of
 ImageNet writing; `--strict` makes any skip fatal (exit status 1, no .beton). After the scans
-of all splits and before any write, the output size is estimated (`workers.estimate_size`) and
+of all splits and before any write, the output size is estimated (`processes.estimate_size`) and
 printed with the free disk ("estimated 142.0 GB for train, 6.4 GB for val (free: 210.3 GB)");
 too little free disk is a bad argument (below). A failed write (full disk, I/O error) exits
 with status 1 and the worker's error as one line. Bad arguments exit with status 2 and one
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...atomic import write_json_atomic
+from ...atomic import atomic_write, write_json_atomic
 from ...errors import UserError
 from ..imagenet_val import flat_val_samples, read_val_labels
 from ..images import list_classes, list_image_folder
@@ -85,13 +85,13 @@ class WriteOptions:
     def __post_init__(self):
         if not 1 <= self.max_side <= MAX_FFCV_SIDE:
             raise UserError(f"max_side must be in 1..{MAX_FFCV_SIDE} (FFCV stores uint16 "
-                             f"sizes), got {self.max_side}")
+                            f"sizes), got {self.max_side}")
         if self.write_mode not in WRITE_MODES:
             raise UserError(f"write_mode must be one of {', '.join(WRITE_MODES)}, "
-                             f"got {self.write_mode!r}")
+                            f"got {self.write_mode!r}")
         if not 0 <= self.compress_probability <= 1:
             raise UserError(f"compress_probability must be in [0, 1], "
-                             f"got {self.compress_probability}")
+                            f"got {self.compress_probability}")
         if not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
@@ -148,7 +148,7 @@ def _plan(source, classes, val_labels, synsets):
         return list_image_folder(source, classes), classes, [], source
     if classes is None:
         raise UserError("the flat validation layout needs the train classes: pass --train "
-                         "or --classes (train folder or train sidecar)")
+                        "or --classes (train folder or train sidecar)")
     classes = _resolve_classes(classes, source)
     samples, unlabelled = flat_val_samples(source, read_val_labels(val_labels, synsets), classes)
     return samples, classes, unlabelled, source
@@ -162,7 +162,7 @@ def _check_output(beton: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to output folder {beton.parent} "
-                         f"({err.strerror or err})") from None
+                        f"({err.strerror or err})") from None
     if beton.is_dir():
         raise UserError(f"output {beton} is a folder, expected a .beton file name")
 
@@ -195,9 +195,8 @@ def _write_report(beton: Path, skipped) -> Path:
     report = Path(str(beton) + REPORT_SUFFIX)
     lines = ["# path\treason (files not written to " + beton.name + ")"]
     lines += [f"{path}\t{reason}" for path, reason in skipped]
-    partial_path = report.with_name(report.name + PARTIAL_SUFFIX)
-    partial_path.write_text("\n".join(lines) + "\n")
-    os.replace(partial_path, report)
+    with atomic_write(report) as f:
+        f.write("\n".join(lines) + "\n")
     return report
 
 
@@ -222,7 +221,7 @@ def _scan_first_per_class(samples, per_class: int, scan_some) -> Scanned:
 
 def _scan_planned(plan, beton: Path, options: WriteOptions, workers: int, strict: bool,
                   progress: bool, split: str, per_class: int | None = None) -> ScannedSplit:
-    """Decode every planned file once (see `workers.scan`) and estimate the .beton's size."""
+    """Decode every planned file once (see `processes.scan`) and estimate the .beton's size."""
     samples, classes, skipped, source = plan
     _check_output(beton)
     quality = options.jpeg_quality if options.jpeg_share else None  # JPEG sample: only if used
@@ -262,7 +261,7 @@ def _check_disk(splits: list[ScannedSplit]) -> str:
     each = ", ".join(f"{_human(s.estimated_bytes)} for {s.split}" for s in splits)
     if free < needed:
         raise UserError(f"not enough free disk in {folder}: estimated {each}, "
-                         f"{_human(free)} free; nothing written")
+                        f"{_human(free)} free; nothing written")
     return f"estimated {each} (free: {_human(free)})"
 
 
@@ -280,6 +279,10 @@ def _write_scanned(scanned: ScannedSplit, options: WriteOptions, workers: int, p
                                      compress_probability=options.compress_probability),
               "label": IntField()}
     assert {name: type(f) for name, f in fields.items()} == FIELDS
+    # Not `atomic_write`: FFCV's writer and its worker processes open the file by path (no file
+    # object to hand them), and the name is fixed so the next run finds a killed run's partial
+    # file, counts it as free disk (`_check_disk`) and replaces it; a per-process temporary
+    # name would leave a killed 100 GB write behind for good.
     partial_path = beton.with_name(beton.name + PARTIAL_SUFFIX)
     partial_path.unlink(missing_ok=True)  # new inode: orphans of a killed run write elsewhere
     try:
@@ -338,7 +341,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=None, metavar="N",
                    help="only the first N decodable images of each class, train and val "
                         "(a quick trial)")
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longer side cap in px (default %(default)s)")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                   help="longer side cap in px (default %(default)s)")
     p.add_argument("--write-mode", default=DEFAULT_WRITE_MODE, choices=WRITE_MODES,
                    help="JPEG or raw pixels per record (default %(default)s)")
     p.add_argument("--compress-probability", type=float, default=DEFAULT_COMPRESS_PROBABILITY,
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.adopt:
         if args.train or args.val or args.out:
             raise UserError("--adopt writes sidecars for existing betons: it takes no --train, "
-                             "--val or --out")
+                            "--val or --out")
         print("\n".join(adopt(args.adopt, args.classes)))
         return 0
     if not (args.train or args.val):
