@@ -1,33 +1,81 @@
 #!/usr/bin/env bash
 # One-command set-up behind `make test` and `make demo`: FFCV's system libraries, then a .venv
 # with the pinned requirements. The venv is rebuilt only when requirements.txt changes (a stamp
-# keyed on its hash), so a second run with nothing changed takes about a second.
+# keyed on its hash), so a second run with nothing changed takes about a second and prints
+# nothing.
+#
+# The console gets one line per step; apt's and pip's own output (warnings included) goes to
+# .venv/setup.log. On a failure the script prints the log's last lines and its path, and exits
+# with the failed command's status. PYTHON picks the interpreter the venv is made from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 pkgs=(pkg-config libturbojpeg0-dev libopencv-dev)
+stamp=".venv/.requirements-$(sha256sum requirements.txt | cut -c1-16)"
+log=.venv/setup.log
+TAIL_LINES=20
 
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+if ((${#missing[@]} == 0)) && [ -f "$stamp" ]; then
+  exit 0  # nothing to do
+fi
+
+start=$SECONDS
+# The log lives in the venv's folder, made first so that it outlives a first build that fails;
+# `python -m venv` builds into the existing folder.
+mkdir -p .venv
+: > "$log"
+
+# step "what": one console line, finished by `ok` with the step's time.
+step() {
+  printf 'setup: %-58s' "$1"
+  step_start=$SECONDS
+}
+ok() {
+  printf ' %4d s\n' $((SECONDS - step_start))
+}
+# quiet CMD...: CMD's output to the log; on failure its tail and the log's path, then exit.
+quiet() {
+  local status=0
+  echo "+ $*" >> "$log"
+  "$@" >> "$log" 2>&1 || status=$?
+  if ((status)); then
+    printf ' FAILED\n'
+    {
+      echo "setup: '$*' exited with status $status; the last $TAIL_LINES lines of its log:"
+      tail -n "$TAIL_LINES" "$log" | sed 's/^/  | /'
+      echo "setup: full log: $PWD/$log"
+    } >&2
+    exit "$status"
+  fi
+}
+
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then sudo=""
   elif sudo -n true 2>/dev/null; then sudo="sudo -n"
   else echo "error: FFCV needs system packages ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2; exit 1
   fi
-  echo "installing system packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  step "system packages (apt-get): ${missing[*]}"
+  quiet $sudo apt-get update -q
+  quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  ok
 fi
 
-stamp=".venv/.requirements-$(sha256sum requirements.txt | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "building .venv from requirements.txt (first run: several minutes)"
-  "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r requirements.txt
-  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
-  rm -f .venv/.requirements-*
+  rm -f .venv/.requirements-*  # a rebuild that fails half-way must not look finished
+  step "venv .venv ($("$PYTHON" --version 2>&1 || echo "$PYTHON")), latest pip"
+  quiet "$PYTHON" -m venv .venv
+  quiet .venv/bin/pip install --upgrade pip
+  ok
+  step "pinned requirements.txt (first run: several minutes)"
+  quiet .venv/bin/pip install -r requirements.txt
+  ok
+  step "editable install of resnext_lit"
+  quiet .venv/bin/pip install --no-deps --no-build-isolation -e .
+  ok
   touch "$stamp"
 fi
+echo "setup: done in $((SECONDS - start)) s (pip and apt output: $log)"

@@ -9,6 +9,7 @@ its whole code path on CPU, in a subprocess where `import wandb` fails.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -107,14 +108,26 @@ def test_model_tiny(tmp_path):
     assert rec["measurements"]["torchvision_50_32x4d"]["max_logit_diff"] < 1e-4
 
 
-def gpu_dry_run(tmp_path: Path, blocked: tuple[str, ...]) -> tuple[dict, str]:
+# torch.compile with a backend that counts dynamo's graphs and runs them as traced: the
+# compiled part's code path in seconds (inductor on CPU takes minutes).
+EAGER_BACKEND = ("import atexit, functools, torch; graphs = []; "
+                 "torch.compile = functools.partial(torch.compile, "
+                 "backend=lambda gm, inputs: graphs.append(gm) or gm.forward); "
+                 "atexit.register(lambda: print('dynamo graphs:', len(graphs)))")
+
+
+def gpu_dry_run(tmp_path: Path, blocked: tuple[str, ...],
+                compile_eagerly: bool = False) -> tuple[dict, str]:
     """Run the GPU benchmark's --dry-run in a subprocess where `blocked` modules cannot import
-    (as on the GPU machine, which has no wandb, and no ffcv unless .gpu/ was carried)."""
+    (as on the GPU machine, which has no wandb, and no ffcv unless .gpu/ was carried); with
+    `compile_eagerly`, its compiled part too, on `EAGER_BACKEND`."""
     out = tmp_path / "gpu.json"
+    extra = ", '--compile'" if compile_eagerly else ""
     code = (f"import sys; sys.modules.update(dict.fromkeys({list(blocked)!r})); "
-            "from resnext_lit.bench.gpu import main; "
+            + (EAGER_BACKEND + "; " if compile_eagerly else "")
+            + "from resnext_lit.bench.gpu import main; "
             f"sys.exit(main(['--dry-run', '--out', {str(out)!r}, "
-            f"'--data-dir', {str(tmp_path / 'data')!r}]))")
+            f"'--data-dir', {str(tmp_path / 'data')!r}{extra}]))")
     env = {**os.environ, "OUT": str(tmp_path / "unused")}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=600)
@@ -136,12 +149,35 @@ def test_gpu_dry_run_without_wandb(tmp_path):
     assert not any("failed" in note for note in rec["notes"]), rec["notes"]
 
 
-def test_gpu_dry_run_skips_the_ffcv_part_in_one_line_without_ffcv(tmp_path):
-    rec, stdout = gpu_dry_run(tmp_path, ("wandb", "ffcv"))
-    assert {"raw_eager", "lightning_eager"} <= set(rec["measurements"])
+def test_gpu_dry_run_compiles_and_skips_the_ffcv_part_in_one_line_without_ffcv(tmp_path):
+    rec, stdout = gpu_dry_run(tmp_path, ("wandb", "ffcv"), compile_eagerly=True)
+    check_record(rec, "gpu", {"raw_eager", "lightning_eager", "raw_compiled",
+                              "lightning_compiled"},
+                 {"lightning / raw (compiled, 32 px)": ">= 0.95"})
+    assert int(stdout.split("dynamo graphs:")[1].split()[0]) >= 1  # it did go through dynamo
+    assert rec["settings"]["compile_seconds_32"] is not None
     assert not any(name.startswith("ffcv") for name in rec["measurements"])
     skipped = [n for n in rec["notes"] if n.startswith("FFCV-fed part skipped")]
     assert len(skipped) == 1 and skipped[0] in stdout
+    assert not any("failed" in note for note in rec["notes"]), rec["notes"]
+
+
+def test_bench_code_reads_no_private_attribute_of_the_libraries():
+    """No `obj._name` of torch, Lightning or FFCV objects (they change without notice): only
+    our own attributes on `self`, and `os._exit` (documented)."""
+    found = []
+    for path in sorted((ROOT / "resnext_lit" / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                owner = ast.unparse(node.value)
+                if owner != "self" and f"{owner}.{node.attr}" != "os._exit":
+                    found.append(f"{path.name}:{node.lineno}: {owner}.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                parts = node.module.split(".")
+                if any(p.startswith("_") and p != "__future__" for p in parts):
+                    found.append(f"{path.name}:{node.lineno}: from {node.module}")
+    assert not found, found
 
 
 def test_shell_scripts_parse():

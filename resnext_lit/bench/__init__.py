@@ -15,7 +15,8 @@
 
 Each prints Rich tables and writes one JSON file (default `runs/bench/<name>.json`): hardware,
 versions, settings, every repeat, medians, and each ratio with its goal. Exit status 0 even when
-a goal is missed (the table and the JSON say so); 2 for bad arguments.
+a goal is missed (the table and the JSON say so); 2 for bad arguments. The runs the README
+quotes are kept in `resnext_lit/bench/results/`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.repeats is not None and args.repeats < 5:
         raise UserError(f"bench needs --repeats >= 5 (a median of fewer is noise), "
-                         f"got {args.repeats}")
+                        f"got {args.repeats}")
     names = BENCHMARKS if args.which == "all" else (args.which,)
     out = args.out or DEFAULT_DIR / f"{args.which}{'_tiny' if args.tiny else ''}.json"
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """ResNeXt-50 32x4d training throughput on one CUDA GPU; `resnext_lit/bench/gpu.sh` runs it.
 
-    resnext_lit/bench/gpu.sh                              # on the GPU machine: JSON + log to $OUT
-    python -m resnext_lit bench gpu --dry-run      # the same code path on CPU, tiny, seconds
+    bash resnext_lit/bench/gpu.sh               # on the GPU machine: JSON + log to $OUT
+    python -m resnext_lit bench gpu --dry-run   # the same code path on CPU, tiny, seconds
 
 Parts, each written to the JSON as soon as it ends, each skipped with one line when the time
 left (--budget-s) cannot hold it:
@@ -9,8 +9,10 @@ left (--budget-s) cannot hold it:
    channels_last; the raw loop vs `Trainer.fit`, interleaved, >= 5 runs each (`loop.py`). The
    module's training step has no per-step device sync (its non-finite check reads a device
    flag every 50 steps), so Lightning's side runs the same sync-free step as the raw loop.
-2. compiled: the module's `compile=True` (torch.compile in place); the first fit's extra time is
-   the compile time, reported apart; then the raw loop vs Lightning again.
+2. compiled: a second module with the same weights whose network is compiled in place, as the
+   module's `compile=True` does (`nn.Module.compile`, here with `dynamic=False`: a new shape
+   recompiles static); the first fit's extra time is the compile time, reported apart; then
+   the raw loop vs Lightning again. The eager module stays as it was, for part 3.
 3. end-to-end at 176 px: Lightning fed by `FFCVDataModule` vs by synthetic batches of the same
    size, compiled when part 2 compiled and time allows (a new shape recompiles), else eager.
    The JPEG set and its .beton are generated on this machine's cores first; the FFCV loader's
@@ -23,6 +25,7 @@ Lightning >= 0.95x raw; FFCV-fed >= 0.9x synthetic.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import threading
@@ -45,7 +48,7 @@ DRY = dict(arch="resnext29_8x64d", depth=11, cardinality=2, bottleneck_width=4, 
 GOAL_IMAGES_PER_S = 5000
 # Seconds each part is expected to need, beyond the compilation times measured on the way.
 EAGER_S, COMPILED_RUNS_S, E2E_S = 60, 30, 90
-WATCHDOG_GRACE_S = 30  # after the budget; resnext_lit/bench/gpu.sh's own timeout comes later still
+WATCHDOG_GRACE_S = 30  # after the budget; gpu.sh's own timeout comes later still
 
 
 class Budget:
@@ -59,12 +62,12 @@ class Budget:
 def import_ffcv() -> str | None:
     """None when ffcv imports, else why not (one line)."""
     try:
-        import setuptools  # noqa: F401  (Python 3.12 has no distutils; ffcv imports it)
+        importlib.import_module("setuptools")  # Python 3.12 has no distutils; ffcv imports it
     except ImportError:
         pass
     try:
-        import ffcv  # noqa: F401
-        import ffcv.libffcv  # noqa: F401  (the compiled part, with its shared libraries)
+        importlib.import_module("ffcv")
+        importlib.import_module("ffcv.libffcv")  # the compiled part, with its shared libraries
     except Exception as err:  # ImportError, OSError for a missing .so, ...
         return f"{type(err).__name__}: {err}".splitlines()[0]
     return None
@@ -86,7 +89,7 @@ class GPUBench:
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if self.cuda
             else None, "channels_last": True, "peak_flops": PEAK_FLOPS,
             "cores": os.cpu_count(), "flops_per_image": "3 x 2 x MACs (forward + backward)"})
-        self.compile_ok = False
+        self.compiled_module = None  # part 2's, once it compiled
 
     # -- bookkeeping -------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -151,15 +154,15 @@ class GPUBench:
         return StepClock(warmup or cfg["warmup_steps"], window or cfg["timed_steps"], windows,
                          self.sync)
 
-    def runs(self, data, clock, suffix: str) -> dict:
+    def runs(self, module, data, clock, suffix: str) -> dict:
         prec = self.cfg["precision"]
-        return {f"raw_{suffix}": lambda: raw_run(self.module, data, clock, self.device, prec),
+        return {f"raw_{suffix}": lambda: raw_run(module, data, clock, self.device, prec),
                 f"lightning_{suffix}": lambda: lightning_run(
-                    self.module, data, clock, self.accelerator, prec, **self.trainer_kwargs)}
+                    module, data, clock, self.accelerator, prec, **self.trainer_kwargs)}
 
     def eager(self) -> None:
         clock = self.clock()
-        runs = self.runs(self.data, clock, "eager")
+        runs = self.runs(self.module, self.data, clock, "eager")
         values = interleave(runs, self.cfg["repeats"], warmup=1)
         for name, vals in values.items():
             self.measure(name, vals, self.cfg["res"])
@@ -169,22 +172,20 @@ class GPUBench:
     def compiled(self) -> None:
         res, prec = self.cfg["res"], self.cfg["precision"]
         clock = self.clock()
-        self.module.hparams.compile = True  # configure_model compiles the model in place
-        try:
-            first = lightning_run(self.module, self.data, clock, self.accelerator, prec,
-                                  **self.trainer_kwargs)
-        except Exception:
-            self.module.model._compiled_call_impl = None  # the later parts run eager
-            raise
-        finally:
-            self.module.hparams.compile = False  # it stays compiled; don't wrap it twice
+        # nn.Module.compile has no public undo: compile a second module with the same weights,
+        # so the eager one stays eager (for part 3, and after a compile that failed).
+        module = make_module(self.cfg, channels_last=True)
+        module.load_state_dict(self.module.state_dict())
+        module.model.compile(dynamic=False)  # as configure_model's, plus static shapes
+        first = lightning_run(module, self.data, clock, self.accelerator, prec,
+                              **self.trainer_kwargs)
         step_s = self.cfg["batch_size"] / first
         self.compile_s = sum(clock.warmup_times) - step_s * len(clock.warmup_times)
         self.report.settings[f"compile_seconds_{res}"] = round(self.compile_s, 1)
         self.say(f"torch.compile: {self.compile_s:.0f} s (first steps minus steady steps)")
-        self.compile_ok = True
-        values = interleave(self.runs(self.data, clock, "compiled"), self.cfg["repeats"],
-                            warmup=1)
+        self.compiled_module = module
+        values = interleave(self.runs(module, self.data, clock, "compiled"),
+                            self.cfg["repeats"], warmup=1)
         for name, vals in values.items():
             self.measure(name, vals, res)
         self.report.ratio(f"lightning / raw (compiled, {res} px)", "lightning_compiled",
@@ -207,11 +208,9 @@ class GPUBench:
                               workers=cores, num_classes=cfg["num_classes"])
         self.report.settings["e2e_dataset"] = {**data.stats,
                                                "seconds": round(time.perf_counter() - start, 1)}
-        mode = "compiled" if self.compile_ok and self.fits(
+        mode = "compiled" if self.compiled_module is not None and self.fits(
             "compiled end-to-end (eager instead)", E2E_S + 1.5 * self.compile_s) else "eager"
-        if mode == "eager":
-            self.module.model._compiled_call_impl = None  # back to eager, in place
-        torch._dynamo.config.automatic_dynamic_shapes = False  # a static recompile at 176 px
+        module = self.compiled_module if mode == "compiled" else self.module
         workers = max(1, cores - 1)  # one core stays with the training loop
         ffcv = ffcv_one_loader(str(data.beton), str(data.beton), batch_size=cfg["batch_size"],
                                res=res, num_workers=workers)
@@ -227,7 +226,7 @@ class GPUBench:
         for name, source in ((f"synthetic_{res}_{mode}", synthetic),
                              (f"ffcv_{res}_{mode}", ffcv)):
             clock = self.clock(window=window, windows=windows)
-            lightning_run(self.module, source, clock, self.accelerator, cfg["precision"],
+            lightning_run(module, source, clock, self.accelerator, cfg["precision"],
                           max_epochs=100, **self.trainer_kwargs)
             self.measure(name, clock.window_rates, res, warmup_steps=clock.warmup_steps,
                          warmup_step_s=[round(t, 2) for t in clock.warmup_times])
@@ -331,5 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # resnext_lit/bench/gpu.sh: no CLI import (the GPU machine lacks its extras)
+# gpu.sh runs this module directly: no CLI import (the GPU machine lacks the CLI's extras).
+if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ResNeXt-50 32x4d training throughput on one CUDA GPU, in one call (never in CI).
 #
-#   here:   scripts/prepare_gpu_carry.sh          # builds .gpu/ (ffcv for cp312 + libraries)
-#   there:  bash resnext_lit/bench/gpu.sh                # device tool: carry [".gpu"], timeout_s 480
+#   here:   scripts/prepare_gpu_carry.sh     # builds .gpu/ (ffcv for cp312 + libraries)
+#   there:  bash resnext_lit/bench/gpu.sh    # device tool: carry [".gpu"], timeout_s 480
 #   CPU rehearsal of the same Python:  python -m resnext_lit bench gpu --dry-run
 #
 # Writes gpu.json (figures, written after each part) and gpu.log to $OUT, else runs/bench.
