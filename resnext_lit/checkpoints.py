@@ -2,7 +2,7 @@
 
     python -m resnext_lit fit --config configs/demo.yaml   # every checkpoint goes through it
     from resnext_lit.checkpoints import check_checkpoint
-    check_checkpoint("runs/demo/version_0/checkpoints/last.ckpt")   # ValueError in one line
+    check_checkpoint("runs/demo/version_0/checkpoints/last.ckpt")   # UserError in one line
 
 `AtomicCheckpointIO` (installed by `resnext_lit.reliability.Preemption` in place of Lightning's
 `TorchCheckpointIO`) writes each checkpoint to a temporary file in its own folder, fsyncs it and
@@ -62,7 +62,7 @@ def unreadable(path, err: BaseException, weights_only) -> str:
 
 
 def check_checkpoint(path, weights_only: bool = True) -> None:
-    """Raise a one-line ValueError unless `path` opens as a checkpoint (tensors stay on disk)."""
+    """Raise a one-line UserError unless `path` opens as a checkpoint (tensors stay on disk)."""
     try:
         torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except Exception as err:

@@ -32,7 +32,7 @@ COMMANDS = {
     "dashboard": "resnext_lit.dashboard",
     "bench": "resnext_lit.bench",
 }
-TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI.subcommands()
 
 
 def one_line(message: str) -> str:

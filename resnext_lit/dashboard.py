@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(args.entity, args.project, args.sweep, args.title)
     except ImportError:
         raise UserError("the dashboard needs wandb-workspaces: "
-                         "pip install wandb-workspaces") from None
+                        "pip install wandb-workspaces") from None
     print("\n".join(outline(report)))
     if args.dry_run:
         return 0

@@ -5,7 +5,7 @@
 
 Several `--config` files compose left to right, and `data.num_classes` (and `mean`, `std`) is
 linked into the model. Checkpoints load with `weights_only=True` unless `--weights_only=false`.
-`run_cli` returns the exit status; bad input raises a one-line ValueError (`resnext_lit.cli`).
+`run_cli` returns the exit status; bad input raises a one-line `UserError` (`resnext_lit.errors`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from .checkpoints import check_checkpoint
-from .cli import TRAINER_SUBCOMMANDS
 from .errors import UserError
 from .models.registry import OVERRIDES, model_config
 from .nonfinite import NonFiniteError
@@ -66,6 +65,8 @@ class ResNeXtCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the model's hparams from a --ckpt_path file here: check the file first
         # (one line for a truncated or unsafe one), with weights_only=True unless opted out.
+        # Private, checked against lightning 2.6.6 (tests/test_internals.py): no public hook
+        # runs between parsing and this read, and the read must see `_trusted_torch_load`.
         sub = self.config.get("subcommand")
         config = self.config[sub] if sub else self.config
         if "weights_only" in config and config.get("weights_only") is None:
@@ -216,7 +217,9 @@ def _bf16_where_supported(trainer_config) -> None:
 
 @contextmanager
 def _trusted_torch_load():
-    """`torch.load` with weights_only=False, for a checkpoint the user said they trust."""
+    """`torch.load` with weights_only=False, for a checkpoint the user said they trust: Lightning
+    2.6.6's `_parse_ckpt_path` calls `torch.load(..., weights_only=True)` with no way to opt out
+    (tests/test_internals.py fails if that method changes)."""
     import torch
 
     load = torch.load
@@ -235,7 +238,8 @@ def _plain(config) -> dict:
 
 
 def _run_logger_args(config):
-    """init_args of the logger that owns the run folder (the first, e.g. CSV before W&B)."""
+    """init_args of the logger that owns the run folder (the first, e.g. CSV before W&B), when
+    the run's version is still to be chosen."""
     logger = config.trainer.get("logger")
     if isinstance(logger, list):  # e.g. CSV + W&B (configs/logger/wandb.yaml)
         logger = logger[0] if logger else None
@@ -245,12 +249,17 @@ def _run_logger_args(config):
     return init
 
 
+def _runs_of(init) -> Path:
+    """The folder holding this run name's `version_N` folders, as Lightning's loggers name it."""
+    return Path(init.save_dir) / (init.get("name") or "lightning_logs")
+
+
 def _resume_requeued_slurm_job(config) -> None:
     """A requeued SLURM job reruns its script unchanged: continue the run it had started."""
     init = _run_logger_args(config)
     if init is None:
         return
-    root = Path(init.save_dir) / (init.get("name") or "lightning_logs")
+    root = _runs_of(init)
     version = requeued_version(root)
     if version is not None:
         print(f"SLURM job {os.environ['SLURM_JOB_ID']} restarted: resuming "
@@ -267,18 +276,19 @@ def _continue_latest_version(config) -> None:
     init = _run_logger_args(config)
     if init is None:
         return
-    root = Path(init.save_dir) / (init.get("name") or "lightning_logs")
+    root = _runs_of(init)
     versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    if not any((v / "checkpoints" / "last.ckpt").exists() for v in versions):
+    resumable = [v for v in versions if (v / "checkpoints" / "last.ckpt").exists()]
+    if not resumable:
         raise UserError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints")
-    latest = [v for v in versions if (v / "checkpoints" / "last.ckpt").exists()][-1]
+    latest = resumable[-1]
     init.version = int(latest.name.split("_")[1])
     check_checkpoint(latest / "checkpoints" / "last.ckpt", config.get("weights_only") is not False)
 
 
 def run_cli(args: list[str] | None) -> int:
     """Run one trainer subcommand; the exit status: 0 done, 1 a non-finite loss, 128 + the
-    signal when preempted (last.ckpt saved). Bad input raises ValueError (one line)."""
+    signal when preempted (last.ckpt saved). Bad input raises `UserError` (one line)."""
     try:
         _lightning_cli(args)
     except ArgumentError as err:
@@ -318,5 +328,5 @@ def _lightning_cli(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.
         parser_kwargs={"exit_on_error": False,
-                       **{sub: {"exit_on_error": False} for sub in TRAINER_SUBCOMMANDS}},
+                       **{sub: {"exit_on_error": False} for sub in LightningCLI.subcommands()}},
     )

@@ -29,7 +29,7 @@ from .errors import UserError
 from .models import create_model, load_weights
 from .nonfinite import NonFiniteGuard
 from .scale import run_scale
-from .schedules import check_schedule, lr_factor
+from .schedules import lr_factor
 
 
 class ResNeXtModule(LightningModule):
@@ -251,11 +251,7 @@ class ResNeXtModule(LightningModule):
         classes = getattr(datamodule, "num_classes", None)
         if classes is not None and classes != self.hparams.num_classes:
             raise UserError(f"model.num_classes={self.hparams.num_classes} but the data has "
-                             f"{classes} classes")
-        if stage == "fit" and not self.trainer.fast_dev_run:  # a smoke run keeps its recipe
-            hp = self.hparams
-            check_schedule(hp.schedule, self.trainer.max_epochs, hp.milestones,
-                           hp.warmup_epochs, hp.peak_epoch)
+                            f"{classes} classes")
 
     def scale(self) -> dict:
         """World size, per-device and global batch, and the lr after scaling (`resnext_lit.scale`)."""

@@ -70,7 +70,7 @@ class Preemption(Callback):
     def __init__(self, check_every_n_steps: int = PREEMPTION_CHECK_EVERY_N_STEPS):
         if check_every_n_steps < 1:
             raise UserError(f"Preemption: check_every_n_steps must be >= 1, got "
-                             f"{check_every_n_steps}")
+                            f"{check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
         self._signal: int | None = None
         self._previous: dict[int, object] = {}
@@ -93,8 +93,8 @@ class Preemption(Callback):
             # Lightning 2.6.6 broadcasts its own SIGTERM flag from rank 0 at every training step
             # under DDP (a host->device copy, a collective and a device->host read). Our handler
             # replaces the one that sets that flag, so the broadcast only costs; the ranks agree
-            # here instead, every `check_every_n_steps`. (Private; `tests/test_hot_path.py`
-            # fails if Lightning renames it.)
+            # here instead, every `check_every_n_steps`. (Private, checked against lightning
+            # 2.6.6; tests/test_internals.py fails if it changes.)
             trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -208,7 +208,9 @@ def _no_broadcast() -> None:
 
 
 def _cluster_environment(trainer):
-    # The environment Lightning chose (as its own signal connector reads it), SLURM's or another.
+    # The environment Lightning chose (as its own signal connector reads it), SLURM's or another;
+    # public only on multi-device strategies. Private, checked against lightning 2.6.6
+    # (tests/test_internals.py).
     return getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
 
 
@@ -317,9 +319,9 @@ class ExactResume(Callback):
         loaders = trainer.train_dataloader
         for loader in (loaders if isinstance(loaders, (list, tuple)) else [loaders]):
             _set_sampler_epoch(loader, epoch)  # as Lightning does at every epoch start
-        # Lightning's fetcher (private, checked against Lightning 2.6.6; the resume tests fail
-        # if it changes): iter() makes the loaders' iterators again; a sized loader's fetcher
-        # fetches nothing ahead.
+        # Lightning's fetcher and combined loader (private, checked against lightning 2.6.6;
+        # tests/test_internals.py and the resume tests fail if they change): iter() makes the
+        # loaders' iterators again; a sized loader's fetcher fetches nothing ahead.
         fetcher = loop._data_fetcher
         iter(fetcher)
         if not done:

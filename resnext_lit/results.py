@@ -158,4 +158,3 @@ class ResultsWriter(Checkpoint):
                             if "train/images_per_s" in e]
         record["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
         write_json_atomic(self._path, record)
-

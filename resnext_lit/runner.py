@@ -82,11 +82,11 @@ def gpu_slots(parallel: int, per_run: int | None, gpus: list[str]) -> list[list[
     if per_run is None:
         if len(gpus) % parallel:
             raise UserError(f"--parallel {parallel} does not divide the {len(gpus)} visible "
-                             f"GPUs ({','.join(gpus)}); give --devices-per-run as well")
+                            f"GPUs ({','.join(gpus)}); give --devices-per-run as well")
         per_run = len(gpus) // parallel
     elif per_run * parallel > len(gpus):
         raise UserError(f"--parallel {parallel} x --devices-per-run {per_run} needs "
-                         f"{parallel * per_run} GPUs; {len(gpus)} are visible ({','.join(gpus)})")
+                        f"{parallel * per_run} GPUs; {len(gpus)} are visible ({','.join(gpus)})")
     return [gpus[i * per_run:(i + 1) * per_run] for i in range(parallel)]
 
 
@@ -108,7 +108,7 @@ def only_runner(sweep_dir: Path, name: str):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"sweep {name} is being run by another runner "
-                             f"(it holds {sweep_dir / '.lock'})") from None
+                            f"(it holds {sweep_dir / '.lock'})") from None
         yield
 
 
@@ -170,7 +170,7 @@ class _Run:
 
 
 def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path, root: Path,
-             env: dict, stop_timeout: float, save) -> tuple[int, int | None]:
+            env: dict, stop_timeout: float, save) -> tuple[int, int | None]:
     """Run `todo`, len(slots) at a time (`slots`, `threads`: see `_start`); `save()` writes
     the state after every change.
     Returns how many runs did not finish, and the signal that stopped the sweep (or None)."""

@@ -21,12 +21,12 @@ SCALE_KEYS = ("world_size", "per_device_batch", "accumulate_grad_batches", "glob
 
 
 def per_device_batch(global_batch: int, world_size: int, accumulate: int) -> int:
-    """Images per device and step for `global_batch`; one-line ValueError if it does not divide."""
+    """Images per device and step for `global_batch`; one-line UserError if it does not divide."""
     share = world_size * accumulate
     if global_batch % share:
         raise UserError(f"global_batch_size={global_batch} does not divide over {world_size} "
-                         f"process(es) x {accumulate} accumulation step(s); choose a multiple "
-                         f"of {share} or change the devices")
+                        f"process(es) x {accumulate} accumulation step(s); choose a multiple "
+                        f"of {share} or change the devices")
     return global_batch // share
 
 
@@ -47,7 +47,7 @@ def apply_global_batch(datamodule, global_batch: int | None, world_size: int,
     derived = per_device_batch(global_batch, world_size, accumulate)
     if getattr(datamodule, "batch_size", None) is None:
         raise UserError(f"global_batch_size needs a DataModule with `batch_size`; "
-                         f"{type(datamodule).__name__} has none")
+                        f"{type(datamodule).__name__} has none")
     datamodule.batch_size = derived
 
 

@@ -27,19 +27,19 @@ TRIANGULAR_START = 1e-4  # ffcv-imagenet starts its ramp at 1e-4 x the peak lr, 
 
 def check_schedule(schedule: str, max_epochs: int, milestones: Sequence[int] = (),
                    warmup_epochs: float = 0.0, peak_epoch: float = 2.0) -> None:
-    """One-line ValueErrors for a schedule that cannot run as asked, before any training."""
+    """One-line UserErrors for a schedule that cannot run as asked, before any training."""
     if schedule not in SCHEDULES:
         raise UserError(f"model.schedule must be one of {', '.join(SCHEDULES)}, "
-                         f"got {schedule!r}")
+                        f"got {schedule!r}")
     if schedule == "step" and any(m <= 0 or m >= max_epochs for m in milestones):
         raise UserError(f"model.milestones {list(milestones)} must lie inside "
-                         f"(0, trainer.max_epochs={max_epochs})")
+                        f"(0, trainer.max_epochs={max_epochs})")
     if not 0 <= warmup_epochs < max_epochs:
         raise UserError(f"model.warmup_epochs={warmup_epochs} must be in "
-                         f"[0, trainer.max_epochs={max_epochs})")
+                        f"[0, trainer.max_epochs={max_epochs})")
     if schedule == "triangular" and not 0 < peak_epoch < max_epochs:
         raise UserError(f"model.peak_epoch={peak_epoch} must be in "
-                         f"(0, trainer.max_epochs={max_epochs})")
+                        f"(0, trainer.max_epochs={max_epochs})")
 
 
 def lr_factor(schedule: str, epoch: float, max_epochs: int, milestones: Sequence[int] = (),

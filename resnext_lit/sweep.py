@@ -79,7 +79,7 @@ def _check_no_nulls(parameters: dict, path, prefix: str = "") -> None:
             _check_no_nulls(spec["parameters"], path, f"{prefix}{name}.")
         elif spec.get("value", 0) is None or None in (spec.get("values") or []):
             raise UserError(f"{path}: parameter {prefix}{name} has a null value; "
-                             "the agent would pass the string 'None'")
+                            "the agent would pass the string 'None'")
 
 
 def grid_points(config: dict, count: int | None = None) -> list[dict]:
@@ -89,7 +89,7 @@ def grid_points(config: dict, count: int | None = None) -> list[dict]:
         import sweeps
     if config["method"] not in METHODS:
         raise UserError(f"method {config['method']!r} needs a W&B server (`wandb agent`); "
-                         f"the local runner runs {' and '.join(METHODS)} sweeps")
+                        f"the local runner runs {' and '.join(METHODS)} sweeps")
     if config["method"] == "random" and not count:
         raise UserError("a random sweep never ends: give --count")
     n = count if config["method"] == "random" else 100_000  # a grid ends itself
@@ -105,8 +105,8 @@ def agent_argv(config: dict, params: dict, allow_any_command: bool = False) -> l
     body = template[1:] if template[:1] == ["${env}"] else template
     if not allow_any_command and body[:3] != ["${interpreter}", *OUR_CLI]:
         raise UserError(f"command {' '.join(template)!r} does not start this project's CLI "
-                         "(${interpreter} -m resnext_lit ...); pass --allow-any-command to run "
-                         "it anyway")
+                        "(${interpreter} -m resnext_lit ...); pass --allow-any-command to run "
+                        "it anyway")
     macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     # As the agent (wandb_agent.py) fills them, except that `python` from PATH becomes this
     # interpreter: the runner's own venv, however the runner was started.
@@ -180,7 +180,7 @@ def run_sweep(path: str, runs_dir: str = "runs", count: int | None = None, dry_r
         if not online:
             env["WANDB_MODE"] = "offline"
         failures, signum = run_all(todo, slots, threads, sweep_dir, root, env, stop_timeout,
-                                    save=lambda: write_json_atomic(state_path, state))
+                                   save=lambda: write_json_atomic(state_path, state))
     offline = [e["wandb_dir"] for e in plan if e.get("wandb_dir")]
     if offline and not online:
         print(f"W&B runs are offline; upload them with: wandb sync {' '.join(offline)}")

@@ -57,8 +57,8 @@ def run_labels(arch: str, depth: int, cardinality: int, bottleneck_width: int, f
     runs of one dataset, recipe and network (Table 7's CIFAR-10 and CIFAR-100 runs of one arch
     are two groups). A run whose overrides build a registered network is grouped under that
     network ("resnext50_32x4d" with C=8, d=14 is "resnext50_8x14d"); any other override gets
-    what it really is appended ("resnext29_8x64d-11layers-8x4d"), so the CPU demo never averages
-    with the paper's network.
+    what it really is appended ("resnext29_8x64d-2x2d"), so a shrunk network never averages
+    with the paper's (the CPU demo's network is registered on its own: `resnext11_8x4d`).
     """
     name = network_name(arch, depth, cardinality, bottleneck_width)
     group = "/".join(part for part in (dataset, recipe, name) if part)
@@ -132,6 +132,12 @@ class WandbLogger(_LightningWandbLogger):
         log_model: upload checkpoints as artifacts (online only; see Lightning's docs).
         init_timeout: seconds an online `wandb.init` may take before falling back to offline.
         **kwargs: any other `wandb.init` argument (`settings` as a dict).
+
+    Lightning's logger keeps its state in private attributes, which this subclass reads and
+    sets (checked against lightning 2.6.6; tests/test_internals.py fails if they change):
+    `_wandb_init` (the `wandb.init` arguments, filled in by `describe` before the start),
+    `_experiment` (the started run), `_log_model` and `_attach_id` (set in a DDP child that
+    unpickled the logger of a started run).
     """
 
     def __init__(self, project: str | None = None, entity: str | None = None,

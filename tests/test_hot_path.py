@@ -117,11 +117,3 @@ def test_no_read_and_no_collective_between_check_steps(tmp_path):
         assert len(windows) - 1 - len(ends | agreed) == 19  # quiet steps, of 24
     # The epoch's end does read: the guard's flag, the metrics, the checkpoint.
     assert windows[STEPS - 1]["reads"] and windows[STEPS - 1]["collectives"]
-
-
-def test_lightnings_per_step_sigterm_broadcast_is_where_preemption_replaces_it():
-    """`Preemption.setup` swaps Lightning 2.6.6's private per-step broadcast for a no-op; if
-    Lightning renames it, this fails instead of the swap silently doing nothing."""
-    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
-
-    assert callable(getattr(_TrainingEpochLoop, "_broadcast_sigterm_tensor", None))

@@ -68,7 +68,7 @@ def copy_form(src: ResNeXt, dst: ResNeXt) -> None:
     """Set `dst` to compute exactly what `src` computes: the same network in any two forms."""
     if {**src.config, "form": "c"} != {**dst.config, "form": "c"}:
         raise UserError(f"copy_form needs the same network in two forms, got {src.config} "
-                         f"and {dst.config}")
+                        f"and {dst.config}")
     # Stem, shortcuts and classifier are the same in every form: copy them by name.
     names = dst.state_dict().keys()
     shared = {k: v for k, v in src.state_dict().items() if ".paths." not in k and k in names}

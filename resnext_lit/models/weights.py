@@ -40,7 +40,7 @@ def load_failure(err: BaseException) -> tuple[str | None, str]:
 
 
 def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
-    """The network tensors in `path` and what kind of file held them; one-line ValueErrors."""
+    """The network tensors in `path` and what kind of file held them; one-line UserErrors."""
     if not Path(path).is_file():
         raise UserError(f"weights {path}: no such file")
     try:
@@ -49,9 +49,9 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
         unsafe, reason = load_failure(err)
         if unsafe:  # e.g. torchvision's reference checkpoints pickle their argparse Namespace
             raise UserError(f"weights {path} holds Python objects besides tensors "
-                             f"({unsafe}); save its state_dict() alone") from None
+                            f"({unsafe}); save its state_dict() alone") from None
         raise UserError(f"weights {path} is not a readable PyTorch file (truncated or corrupt?)"
-                         f": {reason}") from None
+                        f": {reason}") from None
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         return obj, "state dict"
     state = obj.get("state_dict") if isinstance(obj, dict) else None
@@ -61,7 +61,7 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
     net = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not net:
         raise UserError(f"weights {path}: a Lightning checkpoint without `model.*` weights "
-                         f"(not a resnext_lit checkpoint?)")
+                        f"(not a resnext_lit checkpoint?)")
     return net, ("Lightning checkpoint, EMA weights" if prefix == "ema.module."
                  else "Lightning checkpoint")
 
@@ -82,11 +82,11 @@ def check_fits(state: dict[str, torch.Tensor], model: ResNeXt, path, name: str) 
     if missing or unexpected:
         first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise UserError(f"weights {path} do not fit {name}: {first} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected keys)")
+                        f"{len(unexpected)} unexpected keys)")
     for key, tensor in want.items():
         if state[key].shape != tensor.shape:
             raise UserError(f"weights {path}: {key} is {list(state[key].shape)} but {name} has "
-                             f"{list(tensor.shape)}")
+                            f"{list(tensor.shape)}")
 
 
 def load_weights(model: ResNeXt, path, name: str = "the network") -> str:
