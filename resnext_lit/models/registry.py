@@ -58,15 +58,16 @@ def register(name: str, depth: int, cardinality: int, bottleneck_width: int, *,
     _ALIASES.update(dict.fromkeys(aliases, name))
 
 
-# ImageNet-1K. Table 3: cardinality vs width at ~constant complexity (Table 2's settings), with
-# each row's stated GFLOPs; Table 1 states ResNet-50's and ResNeXt-50 32x4d's exact size and
-# cost; Table 4 the top-5 of its two 1x-complexity references.
+# ImageNet-1K. Table 1: ResNet-50 (= ResNeXt-50 1x64d) and ResNeXt-50 32x4d, with their exact
+# size and cost; both are rows of Table 3 too.
 register("resnext50_1x64d", 50, 1, 64, aliases=("resnet50",), top1_err=23.9, gmacs=4.1,
          params_m=25.5)
+register("resnext50_32x4d", 50, 32, 4, top1_err=22.2, gmacs=4.2, params_m=25.0)
+# Table 3: cardinality vs width at ~constant complexity (Table 2's settings), with each row's
+# stated GFLOPs; Table 4 gives the top-5 of its two 1x-complexity references.
 register("resnext50_2x40d", 50, 2, 40, top1_err=23.0, gmacs=4.1)
 register("resnext50_4x24d", 50, 4, 24, top1_err=22.6, gmacs=4.1)
 register("resnext50_8x14d", 50, 8, 14, top1_err=22.3, gmacs=4.1)
-register("resnext50_32x4d", 50, 32, 4, top1_err=22.2, gmacs=4.2, params_m=25.0)
 register("resnext101_1x64d", 101, 1, 64, aliases=("resnet101",), top1_err=22.0, top5_err=6.0,
          gmacs=7.8)
 register("resnext101_2x40d", 101, 2, 40, top1_err=21.7, gmacs=7.8)
