@@ -162,24 +162,6 @@ def test_gpu_dry_run_compiles_and_skips_the_ffcv_part_in_one_line_without_ffcv(t
     assert not any("failed" in note for note in rec["notes"]), rec["notes"]
 
 
-def test_bench_code_reads_no_private_attribute_of_the_libraries():
-    """No `obj._name` of torch, Lightning or FFCV objects (they change without notice): only
-    our own attributes on `self`, and `os._exit` (documented)."""
-    found = []
-    for path in sorted((ROOT / "resnext_lit" / "bench").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
-                    and not node.attr.startswith("__"):
-                owner = ast.unparse(node.value)
-                if owner != "self" and f"{owner}.{node.attr}" != "os._exit":
-                    found.append(f"{path.name}:{node.lineno}: {owner}.{node.attr}")
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                parts = node.module.split(".")
-                if any(p.startswith("_") and p != "__future__" for p in parts):
-                    found.append(f"{path.name}:{node.lineno}: from {node.module}")
-    assert not found, found
-
-
 def test_shell_scripts_parse():
     for script in ("resnext_lit/bench/gpu.sh", "scripts/prepare_gpu_carry.sh"):
         assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
