@@ -9,7 +9,6 @@ its whole code path on CPU, in a subprocess where `import wandb` fails.
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
