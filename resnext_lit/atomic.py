@@ -7,7 +7,7 @@ rename it over the target (`os.replace` is atomic on one file system).
         f.write(text)
 
 The one writer of every file the project must not leave half-written: results.json, .beton
-sidecars and skip reports, sweep state, benchmark records and checkpoints
+sidecars and skip reports, sweep state, tables and figures, benchmark records and checkpoints
 (`resnext_lit.checkpoints.AtomicCheckpointIO`, with `fsync=True`). Light on purpose (no torch,
 no Lightning): the tool commands import it.
 """
@@ -22,21 +22,21 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_write(path: Path, mode: str = "w", fsync: bool = False):
+def atomic_write(path: Path, mode: str = "w", fsync: bool = False, newline: str | None = None):
     """A file object whose contents replace `path` only if the block ends without an exception.
 
     The temporary file is `.<name>.<pid>-<random>.tmp` in the target's folder (same file system;
     never shaped like `last*.ckpt`, which `--ckpt_path last` looks for), removed on any failure.
     It gets the umask's permissions (a sidecar beside a shared beton stays readable by the
-    group), not mkstemp's 0600. `fsync`: flush the file and, after the rename, its folder, so
-    the new file survives a power cut (checkpoints).
+    group), not mkstemp's 0600. `newline`: as `open`'s ("" for csv). `fsync`: flush the file
+    and, after the rename, its folder, so the new file survives a power cut (checkpoints).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, newline=newline) as f:
             yield f
             if fsync:
                 f.flush()

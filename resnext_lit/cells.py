@@ -19,6 +19,7 @@ apart, each naming how it differs ("epochs 2 (cell: 100)").
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from .models import dataset_of, model_entry, registered_name
@@ -139,3 +140,17 @@ def differences(s: dict, cell: dict) -> str:
 def setting_of(r: dict) -> dict:
     """A summarized run's NETWORK and RECIPE keys: what its cell (or its own row) is."""
     return {k: r[k] for k in (*NETWORK, *RECIPE)}
+
+
+def stat(runs: list[dict], key: str) -> tuple[float | None, float | None, int]:
+    """(mean, std, n) of `key` over the finished runs; (None, None, 0) when there are none."""
+    values = [r[key] for r in runs if r["status"] == "finished" and r[key] is not None]
+    if not values:
+        return None, None, 0
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
+            len(values))
+
+
+def known(runs: list[dict], key: str):
+    """A property of the setting (params, MACs): any run has it, even a failed one."""
+    return next((r[key] for r in runs if r[key] is not None), None)

@@ -11,7 +11,8 @@ params), Fig. 7 (CIFAR-10 error vs params), and a table of every other setting (
 demo). Each cell is ours (mean +- std over seeds), the paper's figure from the model registry,
 and the difference. A setting with no finished run is a gap ("-", with the state of its runs),
 never a zero. Writes tables.md, tables.csv (one row per cell) and PNGs: train/val error per epoch
-(Fig. 5 style) and error vs params (Fig. 7 style). `build_tables` is a pure function of records.
+(Fig. 5 style) and error vs params (Fig. 7 style; `resnext_lit/figures.py`), each written
+atomically. `build_tables` is a pure function of records (`resnext_lit/records.py` reads them).
 
 How cells are formed (`resnext_lit/cells.py`): a run counts for the network it built, looked up
 by (depth, C, d), not by its `--model.arch` name, and a cell averages only runs of one effective
@@ -28,17 +29,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
-import statistics
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cells import NETWORK, RECIPE, Cell, describe, differences, picker, setting_of, summarize
-from .errors import UserError
+from .atomic import atomic_write
+from .cells import (NETWORK, RECIPE, Cell, describe, differences, known, picker, setting_of,
+                    stat, summarize)
+from .figures import plot_curves, plot_error_vs_params
 from .models import dataset_of, model_entry
 from .models.registry import FIG7, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE5, TABLE5_SIZES, TABLE7
+from .records import load_local, load_wandb
 
 GAP = "-"
 APART = "Runs apart from the paper cells"
@@ -52,20 +53,6 @@ class Table:
     cells: list[dict] = field(default_factory=list)    # long form, for the CSV
     runs: dict[str, list[dict]] = field(default_factory=dict)  # label -> runs, for the plots
     notes: list[str] = field(default_factory=list)
-
-
-def stat(runs: list[dict], key: str) -> tuple[float | None, float | None, int]:
-    """(mean, std, n) of `key` over the finished runs; (None, None, 0) when there are none."""
-    values = [r[key] for r in runs if r["status"] == "finished" and r[key] is not None]
-    if not values:
-        return None, None, 0
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
-            len(values))
-
-
-def known(runs: list[dict], key: str):
-    """A property of the setting (params, MACs): any run has it, even a failed one."""
-    return next((r[key] for r in runs if r[key] is not None), None)
 
 
 def fmt(mean, std=None, n=1, runs=()) -> str:
@@ -294,148 +281,11 @@ def markdown(tables: list[Table]) -> str:
 def write_csv(tables: list[Table], path: Path) -> None:
     columns = ["table", "row", "column", "ours_mean", "ours_std", "n", "paper", "diff", "states",
                *NETWORK, *RECIPE]
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         for t in tables:
             writer.writerows(t.cells)
-
-
-def mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """Per-epoch mean of `key` over runs (any state: a partial curve is still a curve)."""
-    per_epoch: dict[int, list[float]] = {}
-    for r in runs:
-        for e in r["history"]:
-            if e.get(key) is not None:
-                per_epoch.setdefault(e["epoch"], []).append(e[key])
-    epochs = sorted(per_epoch)
-    return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
-
-
-def plot_curves(table: Table, path: Path) -> bool:
-    """Fig. 5 style: train (dashed) and val (solid) top-1 error per epoch, one colour each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
-    for i, (label, runs) in enumerate(table.runs.items()):
-        color = f"C{i % 10}"
-        states = {r["status"] for r in runs}
-        if "finished" not in states:  # a partial curve is still a curve, but say so
-            label += f" ({', '.join(sorted(states))})"
-        for key, style in (("train/top1_err", "--"), ("val/top1_err", "-")):
-            x, y = mean_curve(runs, key)
-            if x:
-                ax.plot(x, y, style, color=color, label=label if style == "-" else None)
-                drawn = True
-    if drawn:
-        ax.set(xlabel="epoch", ylabel="top-1 error (%)")
-        ax.set_title(textwrap.fill(table.title, 70), fontsize=9)
-        ax.legend(fontsize=7, title="solid: val, dashed: train", title_fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return drawn
-
-
-def plot_error_vs_params(table: Table, path: Path) -> bool:
-    """Fig. 7 style: final error vs parameters, one line per series (or per setting)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[str, list[tuple[float, float, str]]] = {}
-    for label, runs in table.runs.items():
-        params, err = known(runs, "params"), stat(runs, "top1")[0]
-        if params is not None and err is not None:
-            name, _, point = label.rpartition(": ")
-            series.setdefault(name or "runs", []).append((params / 1e6, err, point or label))
-    if not series:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, points in series.items():
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
-        for x, y, text in points:
-            ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="parameters (M)", ylabel="top-1 error (%)")
-    ax.set_title(textwrap.fill(table.title, 60), fontsize=9)
-    ax.margins(x=0.25)  # room for the point labels
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def load_local(runs_dir: str | Path) -> list[dict]:
-    """Every results.json under `runs_dir` (links followed, each file once)."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise UserError(f"--runs {root}: no such folder")
-    paths = {p.resolve() for p in root.rglob("results.json")}
-    if not paths:
-        raise UserError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
-                        "or run a sweep first")
-    return [_read_record(p) for p in sorted(paths)]
-
-
-def _read_record(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable results.json ({err})") from None
-
-
-def record_from_wandb(run) -> dict:
-    """A W&B public-API run -> the results.json shape (our logger's config keys + history)."""
-    config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
-    summary = dict(run.summary)
-
-    def last(key):
-        value = summary.get(key)
-        return value.get("last", value.get("min")) if isinstance(value, dict) else value
-    epochs: dict[int, dict] = {}
-    for row in run.history(keys=None, pandas=False) if hasattr(run, "history") else []:
-        if row.get("epoch") is not None:
-            epochs.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])}).update(
-                {k: v for k, v in row.items() if "/" in k and v is not None})
-    state = {"finished": "finished", "running": "running", "killed": "interrupted"}
-    model_keys = ("depth", "cardinality", "bottleneck_width", "form", "stem", "num_classes",
-                  "params", "macs", "image_size")
-    return {"status": state.get(run.state, "failed"), "stage": config.get("stage"),
-            "arch": config.get("arch"), "model": {k: config.get(k) for k in model_keys},
-            "dataset": config.get("dataset"), "recipe": config.get("recipe"),
-            "seed": config.get("seed_everything"), "config": config,
-            "max_epochs": config.get("max_epochs"), "scale": _nested(config, "scale"),
-            "resolution": _nested(config, "resolution"),
-            "epochs": [epochs[e] for e in sorted(epochs)],
-            "final": {"val/top1_err": last("val/top1_err"), "val/top5_err": last("val/top5_err")},
-            "best": {"val/top1_err": (summary.get("val/top1_err") or {}).get("min")
-                     if isinstance(summary.get("val/top1_err"), dict) else None}}
-
-
-def _nested(config: dict, key: str) -> dict | None:
-    """`config[key]` as a dict, also when a logger flattened it to "key/sub" or "key.sub"."""
-    if isinstance(config.get(key), dict):
-        return config[key]
-    flat = {k[len(key) + 1:]: v for k, v in config.items()
-            if k[:len(key) + 1] in (f"{key}/", f"{key}.")}
-    return flat or None
-
-
-def load_wandb(sweep_path: str) -> list[dict]:  # needs a W&B server; not testable offline
-    import wandb
-
-    from .tracking import has_credentials, reachable
-
-    url = wandb.setup().settings.base_url
-    if not has_credentials(url) or not reachable(url):  # fail in one line, not after retries
-        raise UserError(f"--sweep needs W&B credentials and {url}; use --runs offline")
-    sweep = wandb.Api(timeout=30).sweep(sweep_path)
-    return [record_from_wandb(run) for run in sweep.runs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 plot_error_vs_params(t, out / f"{slug}_error_vs_params.png"):
             t.notes.append(f"![error vs params]({slug}_error_vs_params.png)")
     text = markdown(tables)
-    (out / "tables.md").write_text(text + "\n")
+    with atomic_write(out / "tables.md") as f:
+        f.write(text + "\n")
     write_csv(tables, out / "tables.csv")
     print(text)
     print(f"wrote {out}/tables.md, tables.csv and {len(list(out.glob('*.png')))} PNG(s)")
