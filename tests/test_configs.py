@@ -52,6 +52,6 @@ def test_no_config_overrides_the_network_its_arch_names(path):
     its runs' labels are the registry's name, never "<arch>-11layers-8x4d"."""
     import yaml
 
-    from resnext_lit.models.registry import NETWORK
+    from resnext_lit.models.registry import SHAPE
     model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
-    assert not set(NETWORK) & set(model), f"{path.name} overrides {set(NETWORK) & set(model)}"
+    assert not set(SHAPE) & set(model), f"{path.name} overrides {set(SHAPE) & set(model)}"

@@ -30,10 +30,19 @@ CIFAR_DEPTHS = (11, 29)
 NATIVE_SIZE = {"imagenet": 224, "cifar": 32, "digits": 16}  # digits: configs/demo.yaml's 16 px
 OVERRIDES = ("num_classes", "form", "cardinality", "bottleneck_width", "depth",
              "zero_init_residual", "blurpool")
-NETWORK = ("depth", "cardinality", "bottleneck_width")
+SHAPE = ("depth", "cardinality", "bottleneck_width")  # what makes two entries one network
 
 _REGISTRY: dict[str, dict] = {}
 _ALIASES: dict[str, str] = {}   # another name -> the registered name of the same network
+
+
+def registered_name(depth: int, cardinality: int, bottleneck_width: int) -> str | None:
+    """The registered name of the network (depth, C, d), e.g. a run built as `resnext50_32x4d
+    --model.cardinality 8 --model.bottleneck_width 14` is "resnext50_8x14d"; None if unlisted.
+    Aliases never come back: (50, 1, 64) is "resnext50_1x64d", not "resnet50"."""
+    shape = (depth, cardinality, bottleneck_width)
+    return next((name for name, e in _REGISTRY.items()
+                 if tuple(e[k] for k in SHAPE) == shape), None)
 
 
 def register(name: str, depth: int, cardinality: int, bottleneck_width: int, *,
@@ -44,9 +53,7 @@ def register(name: str, depth: int, cardinality: int, bottleneck_width: int, *,
     for new in (name, *aliases):
         if new in _REGISTRY or new in _ALIASES:
             raise UserError(f"model name {new!r} is registered twice")
-    same = next((n for n, e in _REGISTRY.items()
-                 if (e["depth"], e["cardinality"], e["bottleneck_width"])
-                 == (depth, cardinality, bottleneck_width)), None)
+    same = registered_name(depth, cardinality, bottleneck_width)
     if same:
         raise UserError(f"{name} is the network {same} (depth {depth}, {cardinality}x"
                         f"{bottleneck_width}d): register it as an alias of {same}")
@@ -173,7 +180,7 @@ def model_config(name: str, **overrides) -> dict:
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise UserError(f"unknown model override {unknown[0]!r}; allowed: {', '.join(OVERRIDES)}")
-    args = {k: entry[k] for k in NETWORK}
+    args = {k: entry[k] for k in SHAPE}
     args.update({k: v for k, v in overrides.items() if v is not None})
     depth = args.pop("depth")
     if depth not in DEPTHS:
@@ -183,15 +190,6 @@ def model_config(name: str, **overrides) -> dict:
     config = dict(layers=DEPTHS[depth], stem=stem, **args)
     check_args(**config)  # a config this returns builds: the CLI checks flags with it
     return config
-
-
-def registered_name(depth: int, cardinality: int, bottleneck_width: int) -> str | None:
-    """The registered name of the network (depth, C, d), e.g. a run built as `resnext50_32x4d
-    --model.cardinality 8 --model.bottleneck_width 14` is "resnext50_8x14d"; None if unlisted.
-    Aliases never come back: (50, 1, 64) is "resnext50_1x64d", not "resnet50"."""
-    return next((name for name, e in _REGISTRY.items()
-                 if (e["depth"], e["cardinality"], e["bottleneck_width"])
-                 == (depth, cardinality, bottleneck_width)), None)
 
 
 def create_model(name: str, **overrides) -> ResNeXt:
