@@ -53,9 +53,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from ..errors import UserError
 from . import (CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE,
                check_imagenet_args)
+from .beton.sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 from .distributed import rank_and_world, rank_slice
 from .workers import clip_workers, usable_cores
-from .beton.sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 
 RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
 MIN_BATCHES_AHEAD = 2  # one batch queued while Lightning holds two (`_HeldBatchesIterator`)
