@@ -50,8 +50,8 @@ def test_the_writer_looks_up_what_processes_py_patches_and_watches():
     # `ffcv.writer.tqdm = bar` works only while DatasetWriter reads the module global.
     assert writer.tqdm is tqdm.tqdm
     assert "tqdm" in writer.DatasetWriter._write_common.__code__.co_names
-    # The watchdog finds FFCV's workers with multiprocessing.active_children(), and `_on_fork`
-    # (os.register_at_fork) only runs in them if the default start method forks.
+    # The watchdog knows FFCV's workers from the log `_on_fork` (os.register_at_fork) opens in
+    # each, which only runs in them if the default start method forks.
     assert writer.Process is multiprocessing.Process
     assert multiprocessing.get_all_start_methods()[0] == "fork"  # the first is the default
 

@@ -154,23 +154,39 @@ class BetonRecords:
 
 class _WorkerWatchdog(threading.Thread):
     """In the writer process: FFCV waits forever for a worker that died, so this thread watches
-    the workers and stops the writer's main thread (SIGTERM) when one does."""
+    the workers and stops the writer's main thread (SIGTERM) when one does.
 
-    def __init__(self):
+    A worker is known from the log `_on_fork` opens for it at fork, before it can fail, and not
+    from `multiprocessing.active_children()` alone: that call (and FFCV's next `Process.start`)
+    reaps a worker that died between two looks, and such a worker was never seen. Its exit
+    status may be gone then, but its traceback is in its log, written before it exits.
+    """
+
+    def __init__(self, log_dir: str):
         super().__init__(daemon=True)
+        self.log_dir = Path(log_dir)
         self.seen: dict[int, multiprocessing.Process] = {}
-        self.dead: multiprocessing.Process | None = None
+        self.dead: tuple[int, int | None] | None = None  # (pid, exit code if known)
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(WATCHDOG_PERIOD_S):
-            for process in multiprocessing.active_children():  # only FFCV's, in this process
-                self.seen.setdefault(process.pid, process)
-            for process in self.seen.values():
-                if process.exitcode not in (None, 0):
-                    self.dead = process
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
-                    return
+            self.dead = self._find_dead()
+            if self.dead is not None:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+                return
+
+    def _find_dead(self) -> tuple[int, int | None] | None:
+        for process in multiprocessing.active_children():  # only FFCV's, in this process
+            self.seen.setdefault(process.pid, process)
+        for process in self.seen.values():
+            if process.exitcode not in (None, 0):  # a signal: the OOM killer, a kill -9
+                return process.pid, process.exitcode
+        for log in self.log_dir.glob("[0-9]*.log"):  # every worker, from its fork on
+            pid = int(log.stem)
+            if _exited(pid) and "Traceback" in log.read_text(errors="replace"):
+                return pid, None
+        return None
 
     def stop_workers(self) -> None:
         self.done.set()
@@ -179,6 +195,14 @@ class _WorkerWatchdog(threading.Thread):
             if process.is_alive():
                 process.terminate()
                 process.join()
+
+
+def _exited(pid: int) -> bool:
+    """Whether child `pid` has exited (a zombie, or reaped already), without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def page_size(max_side: int) -> int:
@@ -217,12 +241,12 @@ def _last_error(log: Path) -> str | None:
     return errors[-1] if errors else None
 
 
-def _worker_failure(process: multiprocessing.Process, log_dir: str) -> str:
-    error = _last_error(Path(log_dir) / f"{process.pid}.log")
+def _worker_failure(pid: int, exitcode: int | None, log_dir: str) -> str:
+    error = _last_error(Path(log_dir) / f"{pid}.log")
     if error is None:  # killed before it could print: a signal (the OOM killer sends 9)
-        return f"writer worker {process.pid} died with exit code {process.exitcode}"
+        return f"writer worker {pid} died with exit code {exitcode}"
     hint = " (disk full?)" if any(code in error for code in DISK_FULL_ERRNOS) else ""
-    return f"writer worker {process.pid} failed: {error}{hint}"
+    return f"writer worker {pid} failed: {error}{hint}"
 
 
 class _Stop:
@@ -263,7 +287,7 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
     while not go.wait(1):
         if os.getppid() != parent:
             os._exit(1)
-    watchdog = _WorkerWatchdog()
+    watchdog = _WorkerWatchdog(log_dir)
     stop = _Stop(watchdog)
 
     # FFCV 1.0.2's writer has no hooks for signals, progress or cleanup: `prepare` (creates the
@@ -303,7 +327,7 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
     if code == 0:
         return
     if watchdog.dead is not None:
-        (Path(log_dir) / "failure").write_text(_worker_failure(watchdog.dead, log_dir))
+        (Path(log_dir) / "failure").write_text(_worker_failure(*watchdog.dead, log_dir))
     memory = getattr(writer, "metadata_sm", None)
     if memory is not None and not isinstance(memory, int):
         memory.unlink()  # FFCV unlinks it only on success (no close: FFCV's arrays still view it)
