@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -80,6 +81,26 @@ def test_batches_stay_intact_while_lightning_holds_two(beton_varied_written):
             time.sleep(SLOW_CONSUMER_S)  # a busy training step: FFCV's producer runs ahead
             assert all(torch.equal(a, b) for a, b in zip(held, snapshot))
             held, snapshot = following, [t.clone() for t in following]
+
+
+def test_an_abandoned_epoch_stops_even_when_all_of_it_is_queued(beton_varied_written):
+    """An epoch whose batches all fit in FFCV's queue leaves its producer waiting, with no
+    timeout, to queue the end-of-epoch sentinel. A new epoch must still stop it: before
+    `stop` emptied the queue, a new epoch waited for it forever."""
+    beton = beton_varied_written["beton"]
+    dm = FFCVDataModule(beton, beton, **{**TINY, "val_batch_size": 128, "batches_ahead": 4})
+    loader = dm.val_dataloader()
+    assert len(loader) == 3  # 303 records: 128 + 128 + 47, as many as the queue holds
+    first = iter(loader)
+    deadline = time.monotonic() + 60
+    while not first.output_queue.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.output_queue.full()  # three batches queued, the sentinel waiting
+    second = threading.Thread(target=iter, args=(loader,), daemon=True)
+    second.start()
+    second.join(timeout=30)
+    assert not second.is_alive(), "a new epoch waited forever for the abandoned one"
+    assert not first.is_alive()
 
 
 def _copy(beton, folder, with_sidecar=True):

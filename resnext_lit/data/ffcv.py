@@ -69,8 +69,9 @@ class _HeldBatchesIterator(EpochIterator):
 
     FFCV has no public hook for the queue length or the iterator class, so this relies on
     EpochIterator's internals, checked against ffcv 1.0.2 (tests/test_internals_data.py): its
-    `__init__` makes `output_queue` and calls `start()` last; `run` puts with a 0.5 s timeout
-    and returns once `terminate_event` is set; `close` releases the epoch's memory."""
+    `__init__` makes `output_queue` and calls `start()` last; `run` takes the batches from
+    `iter_ixes`, puts each with a 0.5 s timeout, returning once `terminate_event` is set, and at
+    the end puts the `None` sentinel with no timeout; `close` releases the epoch's memory."""
 
     def start(self) -> None:  # called at the end of __init__, before the producer runs
         self.output_queue = Queue(self.loader.batches_ahead - 1)
@@ -78,11 +79,16 @@ class _HeldBatchesIterator(EpochIterator):
 
     def stop(self) -> None:
         """End an epoch its consumer left unfinished (`limit_train_batches`, a resume that
-        remade the iterator): FFCV's producer would otherwise wait forever on its full queue,
-        holding its buffers. It notices within half a second of the queue filling."""
+        remade the iterator, an evaluation loop that iterated twice): FFCV's producer would
+        otherwise wait forever on its full queue, holding its buffers, and its end-of-epoch
+        sentinel waits with no timeout at all. So: no batch after the one it is decoding, and
+        the queue emptied until the producer has left (at most that one batch more)."""
         self.terminate_event.set()
-        if self.is_alive():
-            self.join()
+        self.iter_ixes = iter(())  # the producer's next `next()` ends the epoch
+        while self.is_alive():
+            while not self.output_queue.empty():
+                self.output_queue.get_nowait()  # room for its last put, sentinel or batch
+            self.join(timeout=0.05)
         self.close()
 
 
