@@ -1,11 +1,19 @@
 # resnext_lit: `make test` and `make demo` set everything up themselves (scripts/setup.sh).
-.PHONY: setup test demo demo-sweep bench models clean
+.PHONY: setup test test-fast lint demo demo-sweep bench models clean clean-runs
 
 setup:
 	@scripts/setup.sh
 
+# Everything (CI runs this, after `make lint`).
 test: setup
 	.venv/bin/python -m pytest -q --durations=10 $(PYTEST_ARGS)
+
+# The edit loop: every test not marked slow (no real signals, sweeps, DDP or demo runs).
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow" --durations=5 $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check resnext_lit tests scripts
 
 demo: setup
 	scripts/demo.sh
@@ -24,5 +32,11 @@ bench: setup
 models: setup
 	.venv/bin/python -m resnext_lit models
 
+# Build products only: the venv, caches. Runs (checkpoints, records) stay; see clean-runs.
 clean:
-	rm -rf .venv .pytest_cache lightning_logs runs
+	rm -rf .venv .pytest_cache .ruff_cache lightning_logs
+	find . -name __pycache__ -type d -prune -not -path "./.git/*" -exec rm -rf {} +
+
+# Deletes runs/: every run's checkpoints, records and offline W&B logs, and the demo's betons.
+clean-runs:
+	rm -rf runs

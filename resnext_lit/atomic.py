@@ -8,8 +8,8 @@ rename it over the target (`os.replace` is atomic on one file system).
 
 The one writer of every file the project must not leave half-written: results.json, .beton
 sidecars and skip reports, sweep state, tables and figures, benchmark records and checkpoints
-(`resnext_lit.checkpoints.AtomicCheckpointIO`, with `fsync=True`). Light on purpose (no torch,
-no Lightning): the tool commands import it.
+(`resnext_lit.training.checkpoints.AtomicCheckpointIO`, with `fsync=True`). Light on purpose
+(no torch, no Lightning): the tool commands import it.
 """
 
 from __future__ import annotations

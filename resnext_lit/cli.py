@@ -6,12 +6,14 @@
     python -m resnext_lit models            # the zoo with params, MACs and the paper's errors
     python -m resnext_lit summary runs/demo # the newest run's record (results.json)
 
-`fit|validate|test|predict` are a LightningCLI (`resnext_lit.lightning_cli`); the other commands
-are tools with a `main(argv) -> int` each, started without importing Lightning (seconds sooner).
+`fit|validate|test|predict` are a LightningCLI (`resnext_lit.training.lightning_cli`); the other
+commands are tools with a `main(argv) -> int` each, started without importing Lightning (seconds
+sooner).
 User errors (`resnext_lit.errors.UserError`: an unknown arch, a bad schedule, an unreadable
 checkpoint, ...) end in one line and exit status 2, before any training; every other exception is
 a bug and keeps its traceback. A preempted run (SIGTERM, SIGUSR1) exits with 128 + the
-signal after saving last.ckpt; a non-finite loss with 1 (see `resnext_lit.reliability`).
+signal after saving last.ckpt (`resnext_lit.training.preemption`); a non-finite loss with 1
+(`resnext_lit.training.nonfinite`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from .errors import UserError
 # Each tool command lives in its own module with a `main(argv) -> int`.
 COMMANDS = {
     "models": "resnext_lit.models.zoo",
-    "summary": "resnext_lit.summary",
+    "summary": "resnext_lit.experiments.summary",
     "write-beton": "resnext_lit.data.beton",
-    "sweep": "resnext_lit.sweep",
-    "table": "resnext_lit.table",
-    "dashboard": "resnext_lit.dashboard",
+    "sweep": "resnext_lit.experiments.sweep",
+    "table": "resnext_lit.experiments.table",
+    "dashboard": "resnext_lit.experiments.dashboard",
     "bench": "resnext_lit.bench",
 }
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI.subcommands()
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in COMMANDS:
             code = importlib.import_module(COMMANDS[command]).main(argv[1:])
         else:
-            from .lightning_cli import run_cli  # Lightning loads for these commands only
+            from .training.lightning_cli import run_cli  # Lightning loads for these commands only
 
             code = run_cli(None if from_sys else argv)
     except UserError as err:  # bad input is one line; any other exception keeps its traceback

@@ -1,6 +1,7 @@
 """What every record of a run says about it, written once: results.json
-(`resnext_lit.results`), the W&B run config (`resnext_lit.tracking`) and benchmark records
-(`resnext_lit.bench`) take their facts from here, so a table never sees two versions of one.
+(`resnext_lit.training.record_writer`), the W&B run config
+(`resnext_lit.training.wandb_logger`) and benchmark records (`resnext_lit.bench`) take their
+facts from here, so a table never sees two versions of one.
 
     from resnext_lit.facts import environment, network_facts
     hardware, versions = environment()

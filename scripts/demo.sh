@@ -3,7 +3,7 @@
 # from them on CPU with FFCVDataModule -> a summary of the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=.venv/bin/python
+py=${PYTHON:-.venv/bin/python}  # the venv `make` builds, unless PYTHON names another
 data=runs/demo/data
 rm -rf "$data"
 $py -m resnext_lit.data.digits "$data"

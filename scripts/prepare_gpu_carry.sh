@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build .gpu/ (gitignored, ~25 MB): what resnext_lit/bench/gpu.sh installs on the lent GPU machine,
 # which has Python 3.12 with torch, lightning, numba and opencv but no internet, no ffcv and no
-# jsonargparse (resnext_lit.module needs it).
+# jsonargparse (resnext_lit.training.module needs it).
 #
 #   scripts/prepare_gpu_carry.sh      # here, ~30 s (needs the FFCV set-up's apt packages)
 #   then, through the device tool:  command "bash resnext_lit/bench/gpu.sh", carry [".gpu"]

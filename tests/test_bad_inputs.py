@@ -51,7 +51,7 @@ def bad(tmp_path_factory) -> dict:
 
     from resnext_lit.data.beton import write_beton
     from resnext_lit.data.synthetic import SyntheticDataModule
-    from resnext_lit.module import ResNeXtModule
+    from resnext_lit.training.module import ResNeXtModule
 
     root = tmp_path_factory.mktemp("bad")
     classes = ["ant", "bee", "cat"]

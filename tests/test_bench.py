@@ -63,6 +63,7 @@ def run_bench(which: str, tmp_path: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_loader_tiny(tmp_path):
     rec = run_bench("loader", tmp_path, "--data-dir", str(tmp_path / "data"))
     check_record(rec, "loader", {"ffcv", "torchvision", "folder_datamodule", "ceiling",
@@ -134,6 +135,7 @@ def gpu_dry_run(tmp_path: Path, blocked: tuple[str, ...],
     return json.loads(out.read_text()), done.stdout
 
 
+@pytest.mark.slow
 def test_gpu_dry_run_without_wandb(tmp_path):
     """`resnext_lit/bench/gpu.sh`'s Python, on CPU: every part but torch.compile, FFCV included."""
     rec, _ = gpu_dry_run(tmp_path, ("wandb",))
@@ -148,6 +150,7 @@ def test_gpu_dry_run_without_wandb(tmp_path):
     assert not any("failed" in note for note in rec["notes"]), rec["notes"]
 
 
+@pytest.mark.slow
 def test_gpu_dry_run_compiles_and_skips_the_ffcv_part_in_one_line_without_ffcv(tmp_path):
     rec, stdout = gpu_dry_run(tmp_path, ("wandb", "ffcv"), compile_eagerly=True)
     check_record(rec, "gpu", {"raw_eager", "lightning_eager", "raw_compiled",

@@ -26,10 +26,10 @@ from PIL import Image
 from scipy.io import savemat
 
 from resnext_lit.cli import main as cli
-from resnext_lit.data.beton.write import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
-from resnext_lit.data.images import BadImage, load_rgb
 from resnext_lit.data.beton.processes import WriteFailed
 from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
+from resnext_lit.data.beton.write import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
+from resnext_lit.data.images import BadImage, load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_TIMEOUT_S = 120  # a hung writer fails the test instead of the whole run
@@ -64,7 +64,7 @@ def test_records_sidecar_and_report(beton_varied_written):
     classes = sorted(p.name for p in written["root"].iterdir())
     assert info["classes"] == classes
     assert info["num_records"] == len(good) == written["result"].num_records
-    assert info["class_counts"] == np.bincount([l for _, l in good], minlength=3).tolist()
+    assert info["class_counts"] == np.bincount([label for _, label in good], minlength=3).tolist()
     assert info["skipped"] == len(bad) == 3
     assert info["write"] == {"max_side": 64, "write_mode": "proportion",
                              "compress_probability": 0.5, "jpeg_quality": 90, "seed": 0}

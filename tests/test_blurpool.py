@@ -5,8 +5,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from resnext_lit.models import (BlurConv2d, ResNeXt, complexity, convert_form, create_model,
-                                model_config)
+from resnext_lit.models import (
+    BlurConv2d,
+    ResNeXt,
+    complexity,
+    convert_form,
+    create_model,
+    model_config,
+)
 
 
 def _meta(fn):

@@ -22,12 +22,13 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from resnext_lit.data import CIFAR10_MEAN, CIFAR100_MEAN
 from resnext_lit.data.cifar import CIFARDataModule
-from resnext_lit.table import summarize
+from resnext_lit.experiments.table import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_FILE = 26  # images per batch file: CIFAR-10 has 5 train files (130: one batch of 128)
 FIT = [sys.executable, "-m", "resnext_lit", "fit", "--config",
-       str(ROOT / "configs/cifar_paper.yaml"), "--data.init_args.num_workers=0", "--model.depth=11", "--model.cardinality=2",
+       str(ROOT / "configs/cifar_paper.yaml"), "--data.init_args.num_workers=0",
+       "--model.depth=11", "--model.cardinality=2",
        "--model.bottleneck_width=2", "--trainer.max_epochs=2", "--model.milestones=[1]",
        "--trainer.enable_progress_bar=false"]
 
@@ -137,6 +138,7 @@ def scale(world_size, per_device, global_batch, lr):
 
 # CIFAR-10 runs the recipe as written (global batch 128, lr 0.1, bf16 autocast); the fake
 # CIFAR-100 has 26 training images, so it trains at global batch 8 (lr 0.2 x 8 / 256).
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes, mean, batch", [(10, CIFAR10_MEAN, None),
                                                        (100, CIFAR100_MEAN, 8)])
 def test_cifar_paper_config_trains_and_the_table_sees_cifar(cifar, tmp_path, num_classes, mean,
@@ -187,7 +189,7 @@ def test_ddp_validates_every_test_image_once(cifar_make, tmp_path):
     assert {g["initial_lr"] for g in groups} == {0.1}  # the optimiser's lr, not just the record
     from lightning import Trainer
 
-    from resnext_lit.module import ResNeXtModule
+    from resnext_lit.training.module import ResNeXtModule
 
     module = ResNeXtModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     with pytest.warns(UserWarning, match="differs from the official"):

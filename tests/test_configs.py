@@ -32,7 +32,8 @@ def test_recipe_parses(recipe, capsys):
     assert "arch:" in printed and "max_epochs:" in printed
 
 
-@pytest.mark.parametrize("fragment", FRAGMENTS, ids=[str(p.relative_to(CONFIGS)) for p in FRAGMENTS])
+@pytest.mark.parametrize("fragment", FRAGMENTS,
+                         ids=[str(p.relative_to(CONFIGS)) for p in FRAGMENTS])
 def test_fragment_composes_with_a_recipe(fragment, capsys):
     recipe = "imagenet_paper.yaml" if fragment.parent.name in IMAGENET_GROUPS else "demo.yaml"
     parse(CONFIGS / recipe, fragment, capsys=capsys)

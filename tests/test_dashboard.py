@@ -10,10 +10,10 @@ import time
 
 import wandb_workspaces.reports.v2 as wr
 
-from resnext_lit.dashboard import build_report, main
+from resnext_lit.experiments.dashboard import build_report, main
 from resnext_lit.models import model_config
-from resnext_lit.results import METRICS
-from resnext_lit.tracking import run_facts
+from resnext_lit.training.record_writer import METRICS
+from resnext_lit.training.wandb_logger import run_facts
 
 
 def panels(report, kind):

@@ -19,7 +19,7 @@ def test_any_other_exception_is_a_bug_and_keeps_its_traceback(monkeypatch, capsy
     def broken(argv):
         raise ValueError("inside the library")
 
-    monkeypatch.setattr("resnext_lit.summary.main", broken)
+    monkeypatch.setattr("resnext_lit.experiments.summary.main", broken)
     with pytest.raises(ValueError, match="inside the library"):
         cli.main(["summary", "runs"])
     assert "error:" not in capsys.readouterr().err

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from lightning import Callback
 
-from test_reliability import env_for
+from helpers import run_env, run_signalled
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO, DEMO_FFCV = str(ROOT / "configs/demo.yaml"), str(ROOT / "configs/data/demo_ffcv.yaml")
@@ -57,34 +57,16 @@ def batches(cwd: Path, rank: int = 0) -> dict[tuple[int, int], dict]:
 
 def fit(cwd: Path, *args) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", "resnext_lit", "fit", *args], cwd=cwd, text=True,
-                         capture_output=True, timeout=TIMEOUT_S, env=env_for(cwd))
+                         capture_output=True, timeout=TIMEOUT_S, env=run_env(cwd))
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
 def fit_stopped_at(cwd: Path, step: int, *args) -> str:
-    """SIGTERM while the run waits at `step` (as `test_reliability.fit_signalled` does)."""
-    import time
-
-    proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", "fit", *args,
-                             "--trainer.callbacks+=test_reliability.PauseAtStep",
-                             f"--trainer.callbacks.step={step}"], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(cwd))
-    try:
-        stop = time.monotonic() + TIMEOUT_S
-        while not (cwd / "ready").exists() and proc.poll() is None and time.monotonic() < stop:
-            time.sleep(0.05)
-        assert (cwd / "ready").exists(), proc.communicate()[1][-3000:]
-        proc.send_signal(signal.SIGTERM)
-        (cwd / "go").touch()
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    (cwd / "ready").unlink()
-    (cwd / "go").unlink()
-    return err
+    """SIGTERM while the run waits at `step`; its stderr."""
+    out = run_signalled(["fit", *args], cwd, step, signal.SIGTERM)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-3000:]
+    return out.stderr
 
 
 def assert_same_batches_from(resumed: Path, reference: Path, start: tuple[int, int],
@@ -157,7 +139,7 @@ def test_dataloader_workers_on_two_ranks_preempted_and_resumed(tmp_path_factory)
     """SIGTERM at step 5 (inside epoch 1): under DDP the ranks agree on it every
     `PREEMPTION_CHECK_EVERY_N_STEPS` steps and at each epoch's last step, so the run stops at the
     end of epoch 1 (step 8); resumed, epoch 2 gets its own order and augmentations on both ranks."""
-    from resnext_lit.reliability import PREEMPTION_CHECK_EVERY_N_STEPS
+    from resnext_lit.training.preemption import PREEMPTION_CHECK_EVERY_N_STEPS
 
     assert PREEMPTION_CHECK_EVERY_N_STEPS > STEPS  # so the epoch's end is the first agreement
     reference = tmp_path_factory.mktemp("ddp_uninterrupted")

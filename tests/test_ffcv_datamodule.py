@@ -23,14 +23,14 @@ import torch
 
 from resnext_lit.data import CROP_RATIO
 from resnext_lit.data.beton import write_beton
+from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
+from resnext_lit.data.distributed import ExactShardSampler, rank_slice
 from resnext_lit.data.ffcv import FFCVDataModule, ProgressiveResizing
 from resnext_lit.data.folder import ImageFolderDataModule
 from resnext_lit.data.images import export_imagefolder, load_rgb
-from resnext_lit.data.distributed import ExactShardSampler, rank_slice
-from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
 
 COLOUR_TOLERANCE = 8  # 0-255 levels: JPEG at quality 90 and resizing of flat colours
-SLOW_CONSUMER_S = 0.03
+ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_workers=2, batch_size=32, res=48, val_res=40)
 
 
@@ -68,27 +68,66 @@ def test_round_trip_every_good_image_once_with_its_label(beton_varied_written):
     assert set(epoch_labels.tolist()) <= {0, 1, 2}
 
 
-def test_batches_stay_intact_while_lightning_holds_two(beton_varied_written):
-    """Lightning fetches batch b+1 before it uses batch b. Plain FFCV then refills b's buffers
-    under it (this check fails on FFCV's own iterator); ours must leave both intact."""
-    beton = beton_varied_written["beton"]
-    dm = FFCVDataModule(beton, beton, **{**TINY, "batch_size": 16, "batches_ahead": 2})
-    for loader in (dm.val_dataloader(), dm.train_dataloader()):
-        batches = iter(loader)
-        held = next(batches)
-        snapshot = [t.clone() for t in held]
-        for following in batches:
-            time.sleep(SLOW_CONSUMER_S)  # a busy training step: FFCV's producer runs ahead
-            assert all(torch.equal(a, b) for a, b in zip(held, snapshot))
-            held, snapshot = following, [t.clone() for t in following]
+USES: list[tuple[str, str]] = []  # (event, phase), in order: what the fit below did
+
+
+class BatchUse(L.Callback):
+    """Records when the loop starts and ends using each batch (`--trainer.callbacks+=`)."""
+
+    def on_train_batch_start(self, *args):
+        USES.append(("start", "train"))
+
+    def on_train_batch_end(self, *args):
+        USES.append(("end", "train"))
+
+    def on_validation_batch_start(self, *args):
+        USES.append(("start", "val"))
+
+    def on_validation_batch_end(self, *args):
+        USES.append(("end", "val"))
+
+
+def test_lightning_uses_one_ffcv_batch_at_a_time(beton_varied_written, monkeypatch, tmp_path):
+    """FFCV refills a batch's buffers a few batches after handing it out, so a consumer must be
+    done with batch b before it fetches b + `batches_ahead` + 1. A real `fit` through the CLI,
+    with every built-in callback: Lightning 2.6 fetches the next batch of a sized loader only
+    after the last hook that sees the current one (no prefetch), so one batch is in use at a
+    time, and FFCV's own queue length is safe."""
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    from resnext_lit.cli import main
+
+    fetch = EpochIterator.__next__
+
+    def recorded(self):
+        batch = fetch(self)
+        USES.append(("fetch", "ffcv"))
+        return batch
+
+    monkeypatch.setattr(EpochIterator, "__next__", recorded)
+    monkeypatch.chdir(tmp_path)
+    USES.clear()
+    beton = str(beton_varied_written["beton"])
+    assert main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+                 "--data=resnext_lit.data.ffcv.FFCVDataModule", f"--data.train_path={beton}",
+                 f"--data.val_path={beton}", "--data.batch_size=16", "--data.res=32",
+                 "--data.val_res=32", "--data.num_workers=2", "--data.batches_ahead=2",
+                 "--model.arch=resnext11_2x4d", "--trainer.max_epochs=2",
+                 "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=3",
+                 "--trainer.num_sanity_val_steps=0", "--model.warmup_epochs=0",
+                 "--trainer.callbacks+=test_ffcv_datamodule.BatchUse"]) == 0
+    events = [event for event, _ in USES]
+    assert events.count("start") == 2 * (4 + 3)
+    # Every fetch is used, start to end, before the next fetch: never two batches in hand.
+    assert events == ["fetch", "start", "end"] * (2 * (4 + 3)), events
 
 
 def test_an_abandoned_epoch_stops_even_when_all_of_it_is_queued(beton_varied_written):
     """An epoch whose batches all fit in FFCV's queue leaves its producer waiting, with no
     timeout, to queue the end-of-epoch sentinel. A new epoch must still stop it: before
-    `stop` emptied the queue, a new epoch waited for it forever."""
+    `_StoppableEpoch.stop` emptied the queue, a 2-rank DDP fit hung there for good."""
     beton = beton_varied_written["beton"]
-    dm = FFCVDataModule(beton, beton, **{**TINY, "val_batch_size": 128, "batches_ahead": 4})
+    dm = FFCVDataModule(beton, beton, **{**TINY, "val_batch_size": 128, "batches_ahead": 3})
     loader = dm.val_dataloader()
     assert len(loader) == 3  # 303 records: 128 + 128 + 47, as many as the queue holds
     first = iter(loader)
@@ -135,14 +174,14 @@ def test_bad_betons_and_arguments_fail_in_one_line(beton_varied_written, tmp_pat
     sidecar_path(broken).write_text("{not json")
     cases["corrupt sidecar"] = (broken, {}, "not valid JSON")
     cases["bad val_res"] = (good, {"val_res": 0}, "data.val_res")
-    cases["one batch ahead"] = (good, {"batches_ahead": 1}, "data.batches_ahead")
+    cases["no batch ahead"] = (good, {"batches_ahead": 0}, "data.batches_ahead")
     cases["quasi random on os cache"] = (good, {"order": "quasi_random"}, "os_cache")
     for name, (path, kwargs, message) in cases.items():
         with pytest.raises(ValueError) as err:
             FFCVDataModule(good, path, **{**TINY, **kwargs})
         text = str(err.value)
         assert message in text and "\n" not in text, (name, text)
-        if name not in ("bad val_res", "one batch ahead", "quasi random on os cache"):
+        if name not in ("bad val_res", "no batch ahead", "quasi random on os cache"):
             assert str(path) in text, (name, text)
 
     quasi = FFCVDataModule(good, good, **{**TINY, "order": "quasi_random", "os_cache": False})
@@ -253,7 +292,7 @@ def test_progressive_resizing_changes_batch_resolution_at_the_right_epochs(beton
 
 
 def test_class_count_mismatch_with_the_model_fails_before_training(beton_varied_written):
-    from resnext_lit.module import ResNeXtModule
+    from resnext_lit.training.module import ResNeXtModule
 
     beton = beton_varied_written["beton"]
     model = ResNeXtModule(arch="resnext50_32x4d", cardinality=2, bottleneck_width=2, num_classes=5)
@@ -364,7 +403,7 @@ def _notes(capfd) -> list[str]:
 
 
 def test_foreign_betons_train_and_validate_from_their_labels(ffcv_foreign_betons, capfd):
-    from resnext_lit.module import ResNeXtModule
+    from resnext_lit.training.module import ResNeXtModule
 
     foreign = ffcv_foreign_betons
     train, val = foreign["train"], foreign["val"]

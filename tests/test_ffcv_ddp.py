@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import lightning as L, torch
     from resnext_lit.data.ffcv import FFCVDataModule
-    from resnext_lit.module import ResNeXtModule
+    from resnext_lit.training.module import ResNeXtModule
 
     train, val, out, step, offset, levels = sys.argv[1:7]
     step, offset, levels = int(step), int(offset), int(levels)

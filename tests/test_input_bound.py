@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, default_collate
 from resnext_lit.cli import main
 from resnext_lit.data.digits import DigitsDataModule
 from resnext_lit.data.synthetic import SyntheticDataModule
+from resnext_lit.experiments.summary import INPUT_BOUND_FRAC, input_bound
 from resnext_lit.models import create_model
-from resnext_lit.summary import INPUT_BOUND_FRAC, input_bound
 
 LOADER_PASSES = 3  # the slow loader's cost per batch, in passes of the model: share ~3/4
 EPOCHS, STEPS = 2, 4

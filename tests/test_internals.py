@@ -4,8 +4,7 @@ Each row names a private method or attribute, the code of ours that relies on it
 fingerprint of its source in the version we checked (lightning 2.6.6, the pin in
 requirements.txt). An upgrade that changes one fails here, naming what to re-check, instead of
 the reliance breaking silently (a swap that no longer swaps, a check that no longer runs).
-FFCV's internals are pinned the same way in tests/test_internals_data.py, torch's in
-tests/test_bench.py.
+FFCV's internals are pinned the same way in tests/test_internals_data.py.
 """
 
 import ast
@@ -26,7 +25,7 @@ from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from torch.utils.data import DataLoader, TensorDataset
 
-from resnext_lit.reliability import _cluster_environment
+from resnext_lit.training.preemption import _cluster_environment
 
 # (the internal, its source, who relies on it and how, the sha256 of its source, first 16 hex)
 PINNED = [
@@ -37,25 +36,25 @@ PINNED = [
      "ResNeXtCLI._parse_ckpt_path overrides it; _trusted_torch_load patches its torch.load",
      "9c48f812abdba883"),
     ("WandbLogger.__init__", WandbLogger.__init__,
-     "tracking.WandbLogger fills _wandb_init, reads _log_model", "81efecccd45c5468"),
+     "wandb_logger.WandbLogger fills _wandb_init, reads _log_model", "81efecccd45c5468"),
     ("WandbLogger.experiment", WandbLogger.experiment.fget,
-     "tracking.WandbLogger.experiment starts the run itself when _experiment is None and "
+     "wandb_logger.WandbLogger.experiment starts the run itself when _experiment is None and "
      "there is no _attach_id", "71638a721b9ec24b"),
     ("WandbLogger.__getstate__", WandbLogger.__getstate__,
      "a DDP child's logger attaches through _attach_id", "e816dfc6d2edff57"),
     ("_TrainingEpochLoop._broadcast_sigterm_tensor", _TrainingEpochLoop._broadcast_sigterm_tensor,
-     "reliability.Preemption.setup swaps it for a no-op under DDP", "d4e504c3f7d8bcb5"),
+     "preemption.Preemption.setup swaps it for a no-op under DDP", "d4e504c3f7d8bcb5"),
     ("_TrainingEpochLoop.advance", _TrainingEpochLoop.advance,
      "calls _broadcast_sigterm_tensor once per training step", "c7555c016027bd73"),
     ("_FitLoop.setup_data", _FitLoop.setup_data,
-     "sets _combined_loader and _data_fetcher, which reliability.ExactResume re-iterates",
+     "sets _combined_loader and _data_fetcher, which resume.ExactResume re-iterates",
      "77855202334401d5"),
     ("_DataFetcher", fetchers._DataFetcher,
      "ExactResume: iter(fetcher), fetcher.iterator, fetcher.length", "6c0fe2b180a633f0"),
     ("_PrefetchDataFetcher", fetchers._PrefetchDataFetcher,
      "ExactResume: fetcher.batches (an unsized loader prefetches)", "f0d104209f783101"),
     ("_SignalConnector.register_signal_handlers", _SignalConnector.register_signal_handlers,
-     "reliability._cluster_environment reads the environment as this does; Preemption "
+     "preemption._cluster_environment reads the environment as this does; Preemption "
      "installs its handlers first so this one leaves SIGUSR1 alone", "cd4b642fd86bfc6f"),
 ]
 
@@ -64,12 +63,12 @@ PINNED = [
 # own `self`: each is pinned above (or, for FFCV, in tests/test_internals_data.py).
 ALLOWED = {
     "lightning_cli.py: super()._parse_ckpt_path",
-    "reliability.py: getattr(trainer, '_accelerator_connector')",
-    "reliability.py: loop._data_fetcher",
-    "reliability.py: loop._combined_loader",
-    "reliability.py: trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor",
-    "tracking.py: hasattr(self, '_attach_id')",  # set by Lightning's __setstate__, not by us
-    "results.py: getattr(self, '_restored')",  # our own attribute, set only when resumed
+    "preemption.py: getattr(trainer, '_accelerator_connector')",
+    "resume.py: loop._data_fetcher",
+    "resume.py: loop._combined_loader",
+    "preemption.py: trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor",
+    "wandb_logger.py: hasattr(self, '_attach_id')",  # set by Lightning's __setstate__, not by us
+    "record_writer.py: getattr(self, '_restored')",  # our own attribute, set only when resumed
     "gpu.py: os._exit", "processes.py: os._exit",  # documented: exit a forked child at once
 }
 

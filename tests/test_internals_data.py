@@ -26,11 +26,11 @@ PINNED = {
     Loader.__iter__: ("3e74843d4b0a0f91", "data/ffcv.py: _LightningLoader.__iter__ re-states it"),
     Loader.next_traversal_order: ("cd6d99b16c0dcf7c", "data/ffcv.py: _TrainLoader sets "
                                   "next_epoch, which seeds the epoch's order"),
-    EpochIterator.__init__: ("fd27c309f0f583d2", "data/ffcv.py: _HeldBatchesIterator.start "
-                             "replaces output_queue, which __init__ makes before start()"),
-    EpochIterator.run: ("98ba340cc4fb0887", "data/ffcv.py: _HeldBatchesIterator.stop sets "
+    EpochIterator.__init__: ("fd27c309f0f583d2", "data/ffcv.py: _StoppableEpoch.stop sets "
+                             "terminate_event, which __init__ makes"),
+    EpochIterator.run: ("98ba340cc4fb0887", "data/ffcv.py: _StoppableEpoch.stop sets "
                         "terminate_event, which run checks between 0.5 s put timeouts"),
-    EpochIterator.close: ("368b471a13cf39bf", "data/ffcv.py: _HeldBatchesIterator.stop"),
+    EpochIterator.close: ("368b471a13cf39bf", "data/ffcv.py: _StoppableEpoch.stop"),
     writer.DatasetWriter.prepare: ("48134cfcd7b4e796", "data/beton/processes.py: Writer.prepare "
                                    "holds SIGTERM while it makes metadata_sm, unlinked on failure"),
     writer.DatasetWriter._write_common: ("a0776d37f1306ba2", "data/beton/processes.py: patches "

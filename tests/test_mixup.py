@@ -15,8 +15,9 @@ from lightning import Callback, Trainer
 from torch.overrides import TorchFunctionMode
 
 from resnext_lit.data.synthetic import SyntheticDataModule
-from resnext_lit.module import ResNeXtModule
-from test_hot_path import READS
+from resnext_lit.training.module import ResNeXtModule
+
+from helpers import DEVICE_READS
 
 TINY = dict(arch="resnext29_8x64d", num_classes=10, depth=11, cardinality=2, bottleneck_width=1)
 FLAT = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 16, 16)  # image i is all i
@@ -84,7 +85,8 @@ class _DeviceReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in READS and any(torch.is_tensor(a) and a.device.type != "cpu" for a in args):
+        on_device = any(torch.is_tensor(a) and a.device.type != "cpu" for a in args)
+        if func in DEVICE_READS and on_device:
             self.seen.append(func.__name__)
         elif func in (torch.tensor, torch.as_tensor) and kwargs.get("device") not in (None, "cpu"):
             self.seen.append("tensor(device=...)")

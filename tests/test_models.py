@@ -4,8 +4,15 @@ import pytest
 import torch
 import torchvision
 
-from resnext_lit.models import (ResNeXt, complexity, create_model, list_models, model_config,
-                                model_entry, registered_name)
+from resnext_lit.models import (
+    ResNeXt,
+    complexity,
+    create_model,
+    list_models,
+    model_config,
+    model_entry,
+    registered_name,
+)
 
 TORCHVISION_SHARED = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                       "resnext101_32x8d", "resnext101_64x4d")
@@ -90,15 +97,18 @@ def test_bad_input_is_one_clear_line(call, message):
 
 
 def test_duplicate_registration_raises():
-    from resnext_lit.models.registry import register
-    with pytest.raises(ValueError, match="registered twice"):
+    """Our own registry's mistakes are bugs (a traceback), not a user's bad input (one line)."""
+    from resnext_lit.errors import UserError
+    from resnext_lit.models.registry import RegistryError, register
+    assert not issubclass(RegistryError, UserError)
+    with pytest.raises(RegistryError, match="registered twice"):
         register("resnet50", 50, 1, 64)
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(RegistryError, match="registered twice"):
         register("resnext29_99x1d", 29, 99, 1, aliases=("resnext50_32x4d",))
     # one network, one entry: a second name for it is an alias
-    with pytest.raises(ValueError, match="is the network resnext50_32x4d .* as an alias"):
+    with pytest.raises(RegistryError, match="is the network resnext50_32x4d .* as an alias"):
         register("resnext50_32x4d_again", 50, 32, 4)
-    with pytest.raises(ValueError, match="not in the paper but has paper figures"):
+    with pytest.raises(RegistryError, match="not in the paper but has paper figures"):
         register("resnext29_99x1d", 29, 99, 1, in_paper=False, top1_err=1.0)
     assert "resnext29_99x1d" not in list_models()
 

@@ -5,7 +5,7 @@ from lightning import Trainer
 
 from resnext_lit.data import IMAGENET_MEAN, IMAGENET_STD
 from resnext_lit.data.synthetic import SyntheticDataModule
-from resnext_lit.module import ResNeXtModule
+from resnext_lit.training.module import ResNeXtModule
 
 
 def tiny(**kwargs):

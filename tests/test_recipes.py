@@ -1,4 +1,6 @@
-"""The recipes resolve to their sources' values on any number of GPUs. `pytest -q tests/test_recipes.py`
+"""The recipes resolve to their sources' values on any number of GPUs.
+
+    .venv/bin/python -m pytest -q tests/test_recipes.py
 
 `configs/imagenet_fast.yaml` against ffcv-imagenet's ResNet-50 table (libffcv/ffcv-imagenet
 `rn50_configs/rn50_*_epochs.yaml` and `train_imagenet.py`, restated in ../shared/PAPER.md), and
@@ -16,8 +18,8 @@ import yaml
 
 from resnext_lit.cli import main
 from resnext_lit.data.ffcv import ProgressiveResizing
-from resnext_lit.scale import per_device_batch, scale_of
-from resnext_lit.schedules import lr_factor
+from resnext_lit.training.scale import per_device_batch, scale_of
+from resnext_lit.training.schedules import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 # ffcv-imagenet rn50: epochs -> (start_ramp, end_ramp); every length shares the other keys.
@@ -107,12 +109,13 @@ def test_bf16_recipes_use_float16_on_a_gpu_without_bf16(monkeypatch, capsys):
     import torch
     from jsonargparse import Namespace
 
-    from resnext_lit.lightning_cli import _bf16_where_supported
+    from resnext_lit.training.lightning_cli import _bf16_where_supported
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
     for supported, expected in ((False, "16-mixed"), (True, "bf16-mixed")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: supported)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda supported=supported, **kw: supported)
         trainer = Namespace(precision="bf16-mixed")
         _bf16_where_supported(trainer)
         assert trainer.precision == expected

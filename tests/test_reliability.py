@@ -4,7 +4,7 @@
 
 Every run is a real `python -m resnext_lit fit` subprocess on the embedded digits (tiny model,
 6 steps per epoch, CPU, deterministic). Signals are real: the test process sends them while the
-run waits at a known step (`PauseAtStep` below, loaded by the run through PYTHONPATH), so where
+run waits at a known step (`helpers.PauseAtStep`, loaded by the run through PYTHONPATH), so where
 they land is exact and the test never races the training.
 """
 
@@ -17,7 +17,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -25,8 +24,10 @@ import pytest
 import torch
 from lightning import Callback
 
-from resnext_lit.checkpoints import AtomicCheckpointIO, check_checkpoint, unreadable
-from resnext_lit.nonfinite import NonFiniteError
+from resnext_lit.training.checkpoints import AtomicCheckpointIO, check_checkpoint, unreadable
+from resnext_lit.training.nonfinite import NonFiniteError
+
+from helpers import run_env, run_signalled
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -42,23 +43,6 @@ TIMEOUT_S = 600
 
 
 # -- hooks the training subprocesses load (`--trainer.callbacks+=test_reliability.X`) ---------
-class PauseAtStep(Callback):
-    """At `step`, write `ready` and wait until `go` exists: the test signals the run meanwhile.
-
-    User callbacks run before the repo's own, so `Preemption` sees the signal at the end of this
-    very step."""
-
-    def __init__(self, step: int, folder: str = "."):
-        self.step, self.folder = step, Path(folder)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            (self.folder / "ready").write_text(str(os.getpid()))
-            stop = time.monotonic() + TIMEOUT_S
-            while not (self.folder / "go").exists() and time.monotonic() < stop:
-                time.sleep(0.02)
-
-
 class NaNAt(Callback):
     """Poison the run at `step`: NaN logits for that one step ("loss"), or NaN in a weight just
     before the epoch's validation and checkpoint ("weights")."""
@@ -80,38 +64,14 @@ class NaNAt(Callback):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def env_for(tmp: Path, **extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), WANDB_MODE="offline",
-               WANDB_DIR=str(tmp / "wandb"), WANDB_CACHE_DIR=str(tmp / "wandb-cache"),
-               WANDB_CONFIG_DIR=str(tmp / "wandb-config"), WANDB_DATA_DIR=str(tmp / "wandb-data"))
-    return {**env, **extra}
-
-
 def fit(cwd: Path, *args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resnext_lit", *RUN, *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=TIMEOUT_S, env=env or env_for(cwd))
+                          capture_output=True, timeout=TIMEOUT_S, env=env or run_env(cwd))
 
 
 def fit_signalled(cwd: Path, step: int, sig: int, *args, env=None) -> subprocess.CompletedProcess:
     """The run, sent `sig` from this process while it waits at `step`."""
-    proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", *RUN,
-                             "--trainer.callbacks+=test_reliability.PauseAtStep",
-                             f"--trainer.callbacks.step={step}", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or env_for(cwd))
-    try:
-        stop = time.monotonic() + TIMEOUT_S
-        while not (cwd / "ready").exists() and proc.poll() is None and time.monotonic() < stop:
-            time.sleep(0.05)
-        assert (cwd / "ready").exists(), proc.communicate()[1][-3000:]
-        proc.send_signal(sig)
-        (cwd / "go").touch()
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    (cwd / "ready").unlink()
-    (cwd / "go").unlink()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_signalled([*RUN, *args], cwd, step, sig, env)
 
 
 def run_dir(cwd: Path) -> Path:
@@ -219,14 +179,14 @@ def test_slurm_sigusr1_requeues_and_the_requeued_job_resumes(tmp_path, uninterru
                  SLURM_NTASKS_PER_NODE="1", SLURM_NODELIST="localhost",
                  SCONTROL_LOG=str(tmp_path / "scontrol.log"),
                  PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    out = fit_signalled(tmp_path, 3, signal.SIGUSR1, env=env_for(tmp_path, **slurm))
+    out = fit_signalled(tmp_path, 3, signal.SIGUSR1, env=run_env(tmp_path, **slurm))
     assert out.returncode == 128 + signal.SIGUSR1, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1].endswith(
         "requeued SLURM job 4242; it resumes from there")
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert record(tmp_path)["slurm_job_id"] == "4242"
 
-    again = fit(tmp_path, env=env_for(tmp_path, SLURM_RESTART_COUNT="1", **slurm))
+    again = fit(tmp_path, env=run_env(tmp_path, SLURM_RESTART_COUNT="1", **slurm))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "SLURM job 4242 restarted: resuming runs/demo/version_0" in again.stderr
     assert not (tmp_path / "runs/demo/version_1").exists()
@@ -358,7 +318,7 @@ def test_checkpoints_load_weights_only_unless_the_user_opts_out(tmp_path, uninte
               "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2",
               f"--ckpt_path={unsafe}"]
     run = dict(cwd=tmp_path, text=True, capture_output=True, timeout=TIMEOUT_S,
-               env=env_for(tmp_path))
+               env=run_env(tmp_path))
     out = subprocess.run([sys.executable, "-m", "resnext_lit", *common], **run)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert errors(out) == [f"error: checkpoint {unsafe} holds Python objects that weights_only "
@@ -390,10 +350,11 @@ def test_class_names_from_a_sidecar_never_reach_outside_the_image_folder(tmp_pat
         Image.new("RGB", (8, 8)).save(tmp_path / folder / "x.png")
     sidecar = tmp_path / "train.beton.json"
     sidecar.write_text(json.dumps({"classes": ["../outside", "ant", "bee", "/etc"]}))
-    samples, classes, _, source = _plan(tmp_path / "val", str(sidecar), None, None)
-    assert classes[0] == "../outside"  # kept as a name (indices must match train's) ...
-    assert sorted(label for _, label in samples) == [1, 2]  # ... but nothing is read through it
-    assert all(Path(path).resolve().parent.parent == source.resolve() for path, _ in samples)
+    plan = _plan(tmp_path / "val", str(sidecar), None, None)
+    assert plan.classes[0] == "../outside"  # kept as a name (indices must match train's) ...
+    assert sorted(label for _, label in plan.samples) == [1, 2]  # ... but read nothing through
+    assert all(Path(path).resolve().parent.parent == plan.source.resolve()
+               for path, _ in plan.samples)
 
 
 # -- W&B after a crash -------------------------------------------------------------------------
@@ -448,5 +409,5 @@ def test_wandb_offline_run_is_complete_after_a_crash(tmp_path):
     assert {"arch", "cardinality", "params"} <= config
     sync = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(folder)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=env_for(tmp_path))
+                          env=run_env(tmp_path))
     assert sync.returncode == 0 and "Would sync 1 run" in sync.stdout + sync.stderr

@@ -2,7 +2,7 @@
 
 import json
 
-from resnext_lit.summary import main, network_line
+from resnext_lit.experiments.summary import main, network_line
 
 
 def record(depth, c, d, dataset, num_classes=10, **extra):

@@ -24,12 +24,12 @@ import pytest
 import yaml
 
 from resnext_lit.cli import main as cli
+from resnext_lit.experiments.runner import gpu_slots, visible_gpus
+from resnext_lit.experiments.sweep import agent_argv, grid_points, load_sweep
+from resnext_lit.experiments.sweep import main as sweep_main
+from resnext_lit.experiments.table import main as table_main
 from resnext_lit.models import model_entry, solve_bottleneck_width
 from resnext_lit.models.registry import FIG7, FIG7_WIDE, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE7
-from resnext_lit.runner import gpu_slots, visible_gpus
-from resnext_lit.sweep import agent_argv, grid_points, load_sweep
-from resnext_lit.sweep import main as sweep_main
-from resnext_lit.table import main as table_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -157,7 +157,8 @@ def test_every_agent_command_parses_with_the_project_cli(monkeypatch):
                 assert parsed["data"]["init_args"]["num_classes"] == \
                     params["data.init_args.num_classes"]
             loggers = parsed["trainer"]["logger"]
-            assert [lg["class_path"] for lg in loggers][-1] == "resnext_lit.tracking.WandbLogger"
+            assert [lg["class_path"] for lg in loggers][-1] == \
+                "resnext_lit.training.wandb_logger.WandbLogger"
             checked += 1
     assert checked == 5 + 5 + 4 + 40 + 9 + 4
 

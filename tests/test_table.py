@@ -13,9 +13,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from resnext_lit.experiments.records import record_from_wandb
+from resnext_lit.experiments.table import (
+    APART,
+    GAP,
+    build_tables,
+    main,
+    markdown,
+    summarize,
+    write_csv,
+)
 from resnext_lit.models import model_entry
-from resnext_lit.records import record_from_wandb
-from resnext_lit.table import APART, GAP, build_tables, main, markdown, summarize, write_csv
 
 IMAGENET = {"class_path": "resnext_lit.data.ffcv.FFCVDataModule"}
 CIFAR = {"class_path": "resnext_lit.data.cifar.CIFARDataModule"}

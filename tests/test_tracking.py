@@ -20,8 +20,8 @@ import wandb
 from lightning.pytorch.utilities import rank_zero_only
 
 from resnext_lit.data.digits import DigitsDataModule
-from resnext_lit.module import ResNeXtModule
-from resnext_lit.tracking import WandbLogger, describe_run, run_labels
+from resnext_lit.training.module import ResNeXtModule
+from resnext_lit.training.wandb_logger import WandbLogger, describe_run, run_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 hex digits: the shape of a real key

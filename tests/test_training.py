@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from lightning import Callback, Trainer
 
 from resnext_lit.data.synthetic import SyntheticDataModule
-from resnext_lit.module import ResNeXtModule
+from resnext_lit.training.module import ResNeXtModule
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -39,6 +40,47 @@ def test_fast_dev_run_on_synthetic_data(tmp_path):
               "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fast_dev_run" in out.stdout + out.stderr
+
+
+class SeeCallbacks(Callback):
+    """Writes the names of the Trainer's callbacks to callbacks.json (`--trainer.callbacks+=`)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        names = [type(c).__name__ for c in trainer.callbacks]
+        Path("callbacks.json").write_text(json.dumps(names))
+
+
+def test_builtin_callbacks_are_config_keys_and_each_one_turns_off(tmp_path, monkeypatch, capsys):
+    """`--print_config` shows every built-in; `builtins.<key>: null` (here from a config file)
+    leaves that one out of the Trainer, and nothing it would have written is written (with
+    both checkpoints off, `trainer.enable_checkpointing: false` keeps Lightning's own away)."""
+    from resnext_lit.cli import main
+    from resnext_lit.training.lightning_cli import BUILTINS
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as printed_and_left:
+        main(["fit", "--config", DEMO, "--print_config"])
+    assert printed_and_left.value.code in (0, None)
+    printed = capsys.readouterr().out
+    for key, (callback, _) in BUILTINS.items():
+        assert re.search(rf"\n  {key}:\n    class_path: [\w.]+\.{callback.__qualname__}\n", printed)
+    off = tmp_path / "off.yaml"
+    off.write_text("builtins:\n" + "".join(f"  {key}: null\n" for key in BUILTINS)
+                   + "trainer:\n  enable_checkpointing: false\n")
+    args = ["fit", "--config", DEMO, *TINY, "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.callbacks+=test_training.SeeCallbacks"]
+    assert main([*args, "--config", str(off)]) == 0
+    (run,) = (tmp_path / "runs" / "demo").iterdir()
+    assert not (run / "results.json").exists() and not (run / "checkpoints").exists()
+    names = json.loads((tmp_path / "callbacks.json").read_text())
+    assert not {"Preemption", "ExactResume", "DataWait", "RecordWriter",
+                "LogStepProgressBar"} & set(names), names
+    assert "ModelCheckpoint" not in names
+    assert main(args) == 0  # all on again: each is in the Trainer
+    names = json.loads((tmp_path / "callbacks.json").read_text())
+    assert names.count("ModelCheckpoint") == 2
+    assert {"Preemption", "ExactResume", "DataWait", "RecordWriter"} <= set(names)
 
 
 @pytest.mark.slow

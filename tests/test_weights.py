@@ -18,7 +18,7 @@ from lightning import Trainer
 
 from resnext_lit.cli import main
 from resnext_lit.data.synthetic import SyntheticDataModule
-from resnext_lit.module import ResNeXtModule
+from resnext_lit.training.module import ResNeXtModule
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-
 GOAL_OPS = {">=": operator.ge, "<=": operator.le}
 
 

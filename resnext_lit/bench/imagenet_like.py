@@ -31,7 +31,6 @@ from PIL import Image
 
 from ..errors import UserError
 
-
 FORMAT = 1  # bump when the generator changes, so old caches are rebuilt
 JPEG_QUALITY = 90
 DEFAULT_CLASSES = 10

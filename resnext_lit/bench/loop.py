@@ -26,8 +26,8 @@ from lightning import Callback, LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnext_lit.scale import peak_lr
-from resnext_lit.schedules import lr_factor
+from resnext_lit.training.scale import peak_lr
+from resnext_lit.training.schedules import lr_factor
 
 from .common import Report, interleave, torch_threads
 
@@ -130,7 +130,7 @@ class StepClock(Callback):
 
 
 def make_module(cfg: dict, channels_last: bool = False, compile: bool = False):
-    from resnext_lit.module import ResNeXtModule
+    from resnext_lit.training.module import ResNeXtModule
 
     # "cosine" over one epoch: a per-step schedule valid for a one-epoch fit (the default
     # "step" milestones [30, 60] would not fit in max_epochs=1).

@@ -32,7 +32,7 @@ INCEPTION_SCALE = (0.08, 1.0)  # share of the image area
 INCEPTION_RATIO = (3 / 4, 4 / 3)  # aspect ratio range
 
 
-def check_imagenet_args(crop_scale, val_crop_ratio: float, **positive: int | None) -> None:
+def check_args(crop_scale, val_crop_ratio: float, **positive: int | None) -> None:
     """One-line `UserError`s for the arguments both ImageNet DataModules take (FFCV, folder).
 
     `positive`: the arguments typed PositiveInt, by name (None: unset, as val_batch_size).

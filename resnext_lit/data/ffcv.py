@@ -23,8 +23,10 @@ Under DDP, training is sharded by FFCV's `distributed=True` (the DistributedSamp
 disjoint, reshuffled every epoch from `seed`); validation gives each rank a contiguous unpadded
 slice (`distributed.rank_slice`), so `val/top1_err` is the error of the whole split. Loaders are
 built in the dataloader hooks (the process group exists by then), each with fresh op lists
-because FFCV keeps state in the ops it is given. FFCV reuses its batch buffers; its queue is one
-place shorter here so the two batches Lightning holds at a time are never refilled under it.
+because FFCV keeps state in the ops it is given. FFCV reuses its batch buffers a few batches
+after handing them out; Lightning 2.6 fetches the next batch of a sized loader only after the
+last hook that sees the current one (`tests/test_ffcv_datamodule.py` records it), so one batch
+is in use at a time and FFCV's own queue length is safe.
 
 `ProgressiveResizing` (ffcv-imagenet's low-res-first training) is a callback:
     trainer: {callbacks: [{class_path: resnext_lit.data.ffcv.ProgressiveResizing,
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from queue import Queue
 from typing import Literal
 
 import numba
@@ -51,31 +52,23 @@ from lightning import Callback, LightningDataModule
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from ..errors import UserError
-from . import (CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE,
-               check_imagenet_args)
+from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE, check_args
 from .beton.sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 from .distributed import rank_and_world, rank_slice
 from .workers import clip_workers, usable_cores
 
 RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
-MIN_BATCHES_AHEAD = 2  # one batch queued while Lightning holds two (`_HeldBatchesIterator`)
 ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}
 
 
-class _HeldBatchesIterator(EpochIterator):
-    """FFCV refills a batch's buffers `batches_ahead + 2` batches later: safe for a consumer that
-    holds one batch. Lightning holds two (it prefetches the next to know which is last), and
-    the producer would overwrite the batch in use; one queue place fewer keeps both intact.
+class _StoppableEpoch(EpochIterator):
+    """FFCV's epoch iterator that can be ended before its last batch.
 
-    FFCV has no public hook for the queue length or the iterator class, so this relies on
-    EpochIterator's internals, checked against ffcv 1.0.2 (tests/test_internals_data.py): its
-    `__init__` makes `output_queue` and calls `start()` last; `run` takes the batches from
-    `iter_ixes`, puts each with a 0.5 s timeout, returning once `terminate_event` is set, and at
-    the end puts the `None` sentinel with no timeout; `close` releases the epoch's memory."""
-
-    def start(self) -> None:  # called at the end of __init__, before the producer runs
-        self.output_queue = Queue(self.loader.batches_ahead - 1)
-        super().start()
+    FFCV has no public hook for the iterator class, so this relies on EpochIterator's
+    internals, checked against ffcv 1.0.2 (tests/test_internals_data.py): `run` takes the
+    batches from `iter_ixes`, puts each in `output_queue` with a 0.5 s timeout, returning once
+    `terminate_event` is set, and at the end puts the `None` sentinel with no timeout; `close`
+    releases the epoch's memory."""
 
     def stop(self) -> None:
         """End an epoch its consumer left unfinished (`limit_train_batches`, a resume that
@@ -93,13 +86,13 @@ class _HeldBatchesIterator(EpochIterator):
 
 
 class _LightningLoader(Loader):
-    """FFCV's Loader whose epochs run on `_HeldBatchesIterator` (its __iter__, re-stated), one
+    """FFCV's Loader whose epochs run on `_StoppableEpoch` (its __iter__, re-stated), one
     epoch at a time: a new epoch stops the previous one if it is still producing.
 
     `__iter__` re-states `ffcv.loader.Loader.__iter__` of ffcv 1.0.2 (no hook picks the
     iterator class); tests/test_internals_data.py fails when FFCV's changes."""
 
-    _epoch: _HeldBatchesIterator | None = None
+    _epoch: _StoppableEpoch | None = None
 
     def __iter__(self):
         if self._epoch is not None:
@@ -109,7 +102,7 @@ class _LightningLoader(Loader):
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        self._epoch = _HeldBatchesIterator(self, order[:len(self) * self.batch_size])
+        self._epoch = _StoppableEpoch(self, order[:len(self) * self.batch_size])
         return self._epoch
 
 
@@ -118,7 +111,7 @@ class _TrainLoader(_LightningLoader):
     per-epoch shuffle follows the real epoch, also after a resume) and the decode resolution
     from the DataModule (so `ProgressiveResizing` can change it)."""
 
-    def __init__(self, *args, datamodule: "FFCVDataModule", decoder, **kwargs):
+    def __init__(self, *args, datamodule: FFCVDataModule, decoder, **kwargs):
         self._datamodule, self._decoder = datamodule, decoder
         super().__init__(*args, **kwargs)
 
@@ -155,8 +148,7 @@ class FFCVDataModule(LightningDataModule):
         num_workers: FFCV decoding threads per process, capped at the usable cores.
         order: "random", or "quasi_random" (less disk reading; needs os_cache=False, one process).
         os_cache: let the OS page cache hold the file (else FFCV's own process cache).
-        batches_ahead: batch buffers FFCV fills in advance (>= 2; one of them is the batch
-            Lightning prefetches, so `batches_ahead - 1` wait in FFCV's queue).
+        batches_ahead: batches FFCV decodes in advance (its queue length, >= 1).
         seed: shuffling seed; epoch e uses seed and e, so every epoch reshuffles reproducibly.
         classes: class names (a list, a train ImageFolder, a sidecar, or a text file with one
             name first on each line, as ImageNet's LOC_synset_mapping.txt) for betons without a
@@ -175,12 +167,9 @@ class FFCVDataModule(LightningDataModule):
                  batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0,
                  classes: list[str] | str | None = None):
         super().__init__()
-        check_imagenet_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
+        check_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
                             batch_size=batch_size, val_batch_size=val_batch_size,
                             batches_ahead=batches_ahead, num_workers=num_workers)
-        if batches_ahead < MIN_BATCHES_AHEAD:
-            raise UserError(f"data.batches_ahead must be >= {MIN_BATCHES_AHEAD} (Lightning holds "
-                            f"two batches at a time), got {batches_ahead}")
         if order not in ORDERS:
             raise UserError(f"data.order must be one of {', '.join(ORDERS)}, got {order!r}")
         if order == "quasi_random" and os_cache:

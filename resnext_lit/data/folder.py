@@ -29,11 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..errors import UserError
-from . import (CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE,
-               check_imagenet_args)
-from .images import BadImage, list_classes, list_image_folder, load_rgb
-from .imagenet_val import flat_val_samples, read_val_labels
+from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE, check_args
 from .distributed import ExactShardSampler, rank_and_world
+from .imagenet_val import flat_val_samples, read_val_labels
+from .images import BadImage, list_classes, list_image_folder, load_rgb
 from .workers import clip_workers
 
 
@@ -103,7 +102,7 @@ class ImageFolderDataModule(LightningDataModule):
                  crop_scale: tuple[float, float] = INCEPTION_SCALE, flip: bool = True,
                  num_workers: NonNegativeInt = 8):
         super().__init__()
-        check_imagenet_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
+        check_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
                             batch_size=batch_size, val_batch_size=val_batch_size)
         self.save_hyperparameters()
         self.classes: list[str] = list_classes(train_dir)  # a directory listing: cheap

@@ -3,10 +3,24 @@ pretrained weights."""
 
 from .complexity import complexity, solve_bottleneck_width
 from .convert import convert_form, copy_form
-from .registry import (create_model, dataset_of, list_models, model_config, model_entry,
-                       registered_name)
-from .resnext import (FORMS, BlurConv2d, Bottleneck, ResNeXt, blurs, check_args, depth_of,
-                      group_width)
+from .registry import (
+                       create_model,
+                       dataset_of,
+                       list_models,
+                       model_config,
+                       model_entry,
+                       registered_name,
+)
+from .resnext import (
+                       FORMS,
+                       BlurConv2d,
+                       Bottleneck,
+                       ResNeXt,
+                       blurs,
+                       check_args,
+                       depth_of,
+                       group_width,
+)
 from .weights import load_weights
 
 __all__ = ["FORMS", "BlurConv2d", "Bottleneck", "ResNeXt", "blurs", "check_args", "complexity",

@@ -11,6 +11,8 @@ the concatenation. BN is per channel, so splitting it is exact in train mode too
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
 from torch import nn
 
@@ -29,14 +31,15 @@ def grouped_weights(block: Bottleneck) -> dict[str, torch.Tensor]:
     if block.form == "c":
         return {k: v for k, v in block.state_dict().items() if not k.startswith("downsample")}
     paths = block.paths
-    cat = lambda get: torch.cat([get(p) for p in paths])  # noqa: E731 - one-line helper
-    out = {"conv1.weight": cat(lambda p: p.conv1.weight),
-           "conv2.weight": cat(lambda p: p.conv2.weight),
+
+    def cat(name: str) -> torch.Tensor:  # one tensor of every path, stacked along channels
+        return torch.cat([attrgetter(name)(p) for p in paths])
+
+    out = {"conv1.weight": cat("conv1.weight"), "conv2.weight": cat("conv2.weight"),
            "conv3.weight": (torch.cat([p.conv3.weight for p in paths], dim=1)
                             if block.form == "a" else block.conv3.weight)}
     for i in (1, 2):
-        out.update({f"bn{i}.{k}": cat(lambda p: getattr(getattr(p, f"bn{i}"), k))
-                    for k in _BN_STATE})
+        out.update({f"bn{i}.{k}": cat(f"bn{i}.{k}") for k in _BN_STATE})
         out[f"bn{i}.num_batches_tracked"] = getattr(paths[0], f"bn{i}").num_batches_tracked
     out.update({f"bn3.{k}": v for k, v in _bn(block.bn3).items()})
     out["bn3.num_batches_tracked"] = block.bn3.num_batches_tracked
@@ -73,7 +76,9 @@ def copy_form(src: ResNeXt, dst: ResNeXt) -> None:
     names = dst.state_dict().keys()
     shared = {k: v for k, v in src.state_dict().items() if ".paths." not in k and k in names}
     dst.load_state_dict(shared, strict=False)
-    blocks = lambda net: [m for m in net.modules() if isinstance(m, Bottleneck)]  # noqa: E731
+    def blocks(net: ResNeXt) -> list[Bottleneck]:
+        return [m for m in net.modules() if isinstance(m, Bottleneck)]
+
     with torch.no_grad():
         for a, b in zip(blocks(src), blocks(dst)):
             load_grouped_weights(b, {k: v.clone() for k, v in grouped_weights(a).items()})

@@ -8,10 +8,10 @@ One `register` call per network: its `ResNeXt` arguments (depth, C, d), the data
 resolution its figures are on (like timm's pretrained cfg), other names for it, and the figures
 the paper reports for it (arXiv:1611.05431; top-1/top-5 error in %, single crop at the native
 size; CIFAR entries carry CIFAR-10 and CIFAR-100 test error). `TABLE3` ... `FIG7` lay the
-paper's tables out by name, in its row order; `resnext_lit.table` reads them. Networks the paper
-does not train (torchvision's extra variants, the CPU demo's) say `in_paper=False`: no figure,
-no table. Overrides (`num_classes`, `form`, `cardinality`, `bottleneck_width`, `depth`,
-`zero_init_residual`, `blurpool`) apply to any name.
+paper's tables out by name, in its row order; `resnext_lit.experiments.table` reads them.
+Networks the paper does not train (torchvision's extra variants, the CPU demo's) say
+`in_paper=False`: no figure, no table. Overrides (`num_classes`, `form`, `cardinality`,
+`bottleneck_width`, `depth`, `zero_init_residual`, `blurpool`) apply to any name.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ NATIVE_SIZE = {"imagenet": 224, "cifar": 32, "digits": 16}  # digits: configs/de
 OVERRIDES = ("num_classes", "form", "cardinality", "bottleneck_width", "depth",
              "zero_init_residual", "blurpool")
 SHAPE = ("depth", "cardinality", "bottleneck_width")  # what makes two entries one network
+
+
+class RegistryError(RuntimeError):
+    """The zoo's own data contradicts itself (a name twice, a table naming an unregistered or
+    not-in-paper network): a bug in the code that registers, never the user's input, so it
+    keeps its traceback (a `UserError` would print as one line of bad input)."""
+
 
 _REGISTRY: dict[str, dict] = {}
 _ALIASES: dict[str, str] = {}   # another name -> the registered name of the same network
@@ -52,13 +59,13 @@ def register(name: str, depth: int, cardinality: int, bottleneck_width: int, *,
     `aliases` are other names of the same network ("resnet50"); one network, one entry."""
     for new in (name, *aliases):
         if new in _REGISTRY or new in _ALIASES:
-            raise UserError(f"model name {new!r} is registered twice")
+            raise RegistryError(f"model name {new!r} is registered twice")
     same = registered_name(depth, cardinality, bottleneck_width)
     if same:
-        raise UserError(f"{name} is the network {same} (depth {depth}, {cardinality}x"
+        raise RegistryError(f"{name} is the network {same} (depth {depth}, {cardinality}x"
                         f"{bottleneck_width}d): register it as an alias of {same}")
     if paper and not in_paper:
-        raise UserError(f"{name} is not in the paper but has paper figures {sorted(paper)}")
+        raise RegistryError(f"{name} is not in the paper but has paper figures {sorted(paper)}")
     _REGISTRY[name] = dict(depth=depth, cardinality=cardinality, bottleneck_width=bottleneck_width,
                            dataset=dataset, image_size=NATIVE_SIZE[dataset], aliases=aliases,
                            in_paper=in_paper, tables=(), paper=paper)
@@ -135,11 +142,11 @@ _LAYOUTS = {"Table 1": TABLE1, "Table 3": [n for row in TABLE3.values() for n in
 for _title, _names in _LAYOUTS.items():
     for _name in dict.fromkeys(_names):
         if not _REGISTRY[_name]["in_paper"]:
-            raise UserError(f"{_name} is in {_title} but registered with in_paper=False")
+            raise RegistryError(f"{_name} is in {_title} but registered with in_paper=False")
         _REGISTRY[_name]["tables"] += (_title,)
 for _name, _entry in _REGISTRY.items():
     if _entry["in_paper"] and not _entry["tables"]:
-        raise UserError(f"{_name} is registered as in the paper but is in none of its tables")
+        raise RegistryError(f"{_name} is registered as in the paper but is in none of its tables")
 
 
 def list_models() -> list[str]:

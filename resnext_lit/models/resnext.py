@@ -99,8 +99,9 @@ def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1,
                                                groups=groups, bias=False)
 
 
-class Path(nn.Module):
-    """One of the C low-dimensional paths of forms (a) and (b) (paper Fig. 3): 1x1 -> 3x3.
+class Transformation(nn.Module):
+    """One transformation T_i of paper Eq. 2: one of the C low-dimensional paths of forms (a)
+    and (b) (Fig. 3), 1x1 -> 3x3. A block keeps them in `paths` (the state dict's key).
 
     Form (a) ends each path with its own 1x1 projection back to the block's output width
     (`conv3`), without BN: the paper puts one BN after the aggregation (footnote 6).
@@ -150,7 +151,7 @@ class Bottleneck(nn.Module):
         else:
             d = width // cardinality
             self.paths = nn.ModuleList(
-                Path(inplanes, d, stride, outplanes if form == "a" else None, blur)
+                Transformation(inplanes, d, stride, outplanes if form == "a" else None, blur)
                 for _ in range(cardinality))
             if form == "b":
                 self.conv3 = conv1x1(width, outplanes)

@@ -106,7 +106,7 @@ class Scanned:
     sample_raw_bytes: int = 0  # of the images JPEG-encoded in the scan ...
     sample_jpeg_bytes: int = 0  # ... and their size as JPEG at the write's quality
 
-    def add(self, other: "Scanned") -> None:
+    def add(self, other: Scanned) -> None:
         self.good += other.good
         self.skipped += other.skipped
         self.raw_bytes += other.raw_bytes
@@ -249,7 +249,7 @@ def _worker_failure(pid: int, exitcode: int | None, log_dir: str) -> str:
     return f"writer worker {pid} failed: {error}{hint}"
 
 
-class _Stop:
+class _SigtermExit:
     """SIGTERM in the writer process (from the parent, or the watchdog): SystemExit, except
     while FFCV creates its shared memory, where an exception would leak it in /dev/shm."""
 
@@ -288,7 +288,7 @@ def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fie
         if os.getppid() != parent:
             os._exit(1)
     watchdog = _WorkerWatchdog(log_dir)
-    stop = _Stop(watchdog)
+    stop = _SigtermExit(watchdog)
 
     # FFCV 1.0.2's writer has no hooks for signals, progress or cleanup: `prepare` (creates the
     # file and the shared `metadata_sm`), the module-level `tqdm` that `_write_common` calls and

@@ -34,8 +34,7 @@ import numpy as np
 from ffcv.fields import IntField, RGBImageField
 from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.reader import Reader
-from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType,
-                        TYPE_ID_HANDLER)
+from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType, HeaderType
 
 from ...atomic import write_json_atomic
 from ...errors import UserError

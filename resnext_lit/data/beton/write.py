@@ -53,8 +53,15 @@ from ...atomic import atomic_write, write_json_atomic
 from ...errors import UserError
 from ..imagenet_val import flat_val_samples, read_val_labels
 from ..images import list_classes, list_image_folder
-from .processes import (BetonRecords, Scanned, WriteFailed, estimate_size, ffcv_write, page_size,
-                        scan)
+from .processes import (
+    BetonRecords,
+    Scanned,
+    WriteFailed,
+    estimate_size,
+    ffcv_write,
+    page_size,
+    scan,
+)
 from .sidecar import FIELDS, SIDECAR_FORMAT, adopt, fingerprint, resolve_classes, sidecar_path
 
 DEFAULT_MAX_SIDE = 500  # ffcv-imagenet's max_res
@@ -138,20 +145,30 @@ def _check_per_class(per_class: int | None) -> None:
         raise UserError(f"per_class must be >= 1, got {per_class}")
 
 
-def _plan(source, classes, val_labels, synsets):
-    """(samples, classes, pre-skipped, source) of one split: listing and labels, no decoding."""
+@dataclass
+class SplitPlan:
+    """One split as listed, before any decoding: (path, label) samples, the class names, the
+    files already skipped (a flat val file without a label) and the folder they came from."""
+    samples: list
+    classes: list[str]
+    skipped: list
+    source: Path
+
+
+def _plan(source, classes, val_labels, synsets) -> SplitPlan:
+    """One split's listing and labels, no decoding."""
     source = Path(source).expanduser()
     if not source.is_dir():
         raise UserError(f"input folder {source} does not exist or is not a folder")
     if val_labels is None:
         classes = _resolve_classes(classes, source)
-        return list_image_folder(source, classes), classes, [], source
+        return SplitPlan(list_image_folder(source, classes), classes, [], source)
     if classes is None:
         raise UserError("the flat validation layout needs the train classes: pass --train "
                         "or --classes (train folder or train sidecar)")
     classes = _resolve_classes(classes, source)
     samples, unlabelled = flat_val_samples(source, read_val_labels(val_labels, synsets), classes)
-    return samples, classes, unlabelled, source
+    return SplitPlan(samples, classes, unlabelled, source)
 
 
 def _check_output(beton: Path) -> None:
@@ -219,10 +236,11 @@ def _scan_first_per_class(samples, per_class: int, scan_some) -> Scanned:
     return found
 
 
-def _scan_planned(plan, beton: Path, options: WriteOptions, workers: int, strict: bool,
-                  progress: bool, split: str, per_class: int | None = None) -> ScannedSplit:
+def _scan_planned(plan: SplitPlan, beton: Path, options: WriteOptions, workers: int,
+                  strict: bool, progress: bool, split: str,
+                  per_class: int | None = None) -> ScannedSplit:
     """Decode every planned file once (see `processes.scan`) and estimate the .beton's size."""
-    samples, classes, skipped, source = plan
+    samples, classes, skipped, source = plan.samples, plan.classes, plan.skipped, plan.source
     _check_output(beton)
     quality = options.jpeg_quality if options.jpeg_share else None  # JPEG sample: only if used
 
@@ -380,14 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     beton, created = None, _first_missing(out)
     try:
         # Plan every split before writing any, so a bad val argument fails in seconds, not hours.
-        plans = []
+        plans: dict[str, SplitPlan] = {}
         if args.train:
-            plans.append(("train", _plan(args.train, args.classes, None, None)))
-        if args.val:
-            classes = plans[0][1][1] if plans else args.classes
-            plans.append(("val", _plan(args.val, classes, args.val_labels, args.synsets)))
+            plans["train"] = _plan(args.train, args.classes, None, None)
+        if args.val:  # labelled with the train split's classes
+            classes = plans["train"].classes if "train" in plans else args.classes
+            plans["val"] = _plan(args.val, classes, args.val_labels, args.synsets)
         scanned = [_scan_planned(plan, out / f"{split}.beton", options, workers, args.strict,
-                                 progress, split, args.per_class) for split, plan in plans]
+                                 progress, split, args.per_class) for split, plan in plans.items()]
         print(_check_disk(scanned))  # before any write: hours of writing must not run out
         for split in scanned:
             beton = split.beton

@@ -1,15 +1,14 @@
-"""Everything non-finite in one place: a NaN or inf loss stops (or skips) training, and a
-NaN or inf weight never reaches a checkpoint.
+"""A NaN or inf training loss stops (or skips) training before any checkpoint sees it.
 
     python -m resnext_lit fit --config configs/demo.yaml                  # stop on a bad loss
     python -m resnext_lit fit --config configs/demo.yaml --model.nonfinite_loss=skip
 
 - `NonFiniteGuard`: the module's check of every training loss (`ResNeXtModule.training_step`):
   stop with one line naming the step, epoch and learning rate, or skip the step.
-- `check_weights`: `resnext_lit.checkpoints.AtomicCheckpointIO` refuses to save a state dict
-  holding NaN or inf, so the previous checkpoint stays the one to resume from.
-- `NonFiniteError`: what both raise; `resnext_lit.lightning_cli.run_cli` prints it as one line
-  and exits with status 1 (the data or the lr is at fault, not the command line).
+- `NonFiniteError`: what it raises, and what the checkpoint writer raises for NaN or inf weights
+  (`resnext_lit.training.checkpoints.check_weights`); `resnext_lit.training.lightning_cli.run_cli`
+  prints it as one line and exits with status 1 (the data or the lr is at fault, not the command
+  line).
 """
 
 from __future__ import annotations
@@ -28,15 +27,6 @@ _NONE_BAD = 2**62  # "no non-finite loss in this window" (an index never reached
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN or inf; stopped before it reached a checkpoint."""
-
-
-def check_weights(state_dict: dict, path) -> None:
-    """Raise `NonFiniteError` if a floating-point tensor of `state_dict` holds NaN or inf."""
-    bad = [k for k, v in state_dict.items()
-           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise NonFiniteError(f"refusing to save {path}: {len(bad)} weight tensors hold NaN or "
-                             f"inf (first: {bad[0]}); the previous checkpoint is kept")
 
 
 class NonFiniteGuard:

@@ -1,7 +1,8 @@
 """The recipe's global batch on 1, 8 or 64 GPUs: per-device batch, learning rate, start-up line.
 
     python -m resnext_lit fit --config configs/imagenet_paper.yaml --trainer.devices 8
-    # scale: 8 processes x 32 images x 1 accumulation = global batch 256 (recipe: 256), lr 0.1, 16-mixed
+    # scale: 8 processes x 32 images x 1 accumulation = global batch 256 (recipe: 256),
+    #        lr 0.1, 16-mixed
 
 A recipe states the paper's global batch (`global_batch_size`: 256 for ImageNet, Sec. 4; 128 for
 CIFAR, Sec. 5.3); the images per device follow from the world size once it is known:
@@ -14,7 +15,7 @@ paper's was 32 images per GPU (8 GPUs), and the start-up line says when ours dif
 
 from __future__ import annotations
 
-from .errors import UserError
+from ..errors import UserError
 
 REFERENCE_BATCH = 256  # the paper's lr 0.1 is for 256 images per step (Sec. 4, Goyal et al.)
 SCALE_KEYS = ("world_size", "per_device_batch", "accumulate_grad_batches", "global_batch", "lr")

@@ -24,9 +24,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .errors import UserError
-from .models import create_model, load_weights
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import UserError
+from ..models import create_model, load_weights
+from .checkpoints import forget_start_weights
 from .nonfinite import NonFiniteGuard
 from .scale import run_scale
 from .schedules import lr_factor
@@ -50,10 +51,11 @@ class ResNeXtModule(LightningModule):
             the checkpoint's weights: Lightning restores them after this. Checkpoints save
             `weights` as None: they hold their weights, and the file may be gone by then.
         lr: learning rate per 256 images; the optimiser uses lr * global_batch / 256, so the
-            paper's lr is the paper's lr on any number of GPUs (`resnext_lit.scale`).
+            paper's lr is the paper's lr on any number of GPUs (`resnext_lit.training.scale`).
         momentum, nesterov, weight_decay: SGD (paper: 0.9, 1e-4; official code: Nesterov).
         no_bn_weight_decay: exempt BN and bias parameters (1-d tensors) from weight decay.
-        schedule, milestones, gamma, warmup_epochs, peak_epoch: see `resnext_lit.schedules`.
+        schedule, milestones, gamma, warmup_epochs, peak_epoch: see
+            `resnext_lit.training.schedules`.
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
         mixup_alpha, cutmix_alpha: MixUp (Zhang et al. 2018, arXiv:1710.09412) and CutMix (Yun
             et al. 2019, arXiv:1905.04899) of each training batch on the device, by
@@ -70,7 +72,7 @@ class ResNeXtModule(LightningModule):
         ema_decay: keep an exponential moving average of the weights, evaluated on val.
         flip_tta: average the logits of the image and its mirror at validation.
         nonfinite_loss: on a NaN/inf training loss, "stop" (one line naming the step, epoch and
-            lr) or "skip" the step (`resnext_lit.nonfinite`).
+            lr) or "skip" the step (`resnext_lit.training.nonfinite`).
         mean, std: channel statistics on the 0-255 scale, subtracted and divided on the device;
             linked from the DataModule by the CLI (ImageNet's, or CIFAR's for CIFAR).
     """
@@ -84,7 +86,7 @@ class ResNeXtModule(LightningModule):
                  nesterov: bool = False, weight_decay: NonNegativeFloat = 1e-4,
                  no_bn_weight_decay: bool = False,
                  schedule: Literal["step", "cosine", "triangular"] = "step",
-                 milestones: list[int] = [30, 60], gamma: PositiveFloat = 0.1,  # noqa: B006
+                 milestones: tuple[int, ...] = (30, 60), gamma: PositiveFloat = 0.1,
                  warmup_epochs: NonNegativeFloat = 0.0, peak_epoch: PositiveFloat = 2.0,
                  label_smoothing: NonNegativeFloat = 0.0, mixup_alpha: NonNegativeFloat = 0.0,
                  cutmix_alpha: NonNegativeFloat = 0.0, channels_last: bool = False,
@@ -200,11 +202,7 @@ class ResNeXtModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.trainer.state.fn == "fit":  # every rank saves (and so checks) at the same step
             self._nonfinite.verify(self.trainer)
-        # The checkpoint holds the weights now. Rebuilt from it (`load_from_checkpoint`,
-        # `--ckpt_path`), the module must not read the start-up file again, which may be gone.
-        # The run's hparams.yaml and config still name the file. (A copy: self.hparams keeps it.)
-        if "hyper_parameters" in checkpoint:
-            checkpoint["hyper_parameters"]["weights"] = None
+        forget_start_weights(checkpoint)  # a copy of the hparams: self.hparams keeps the name
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -254,7 +252,8 @@ class ResNeXtModule(LightningModule):
                             f"{classes} classes")
 
     def scale(self) -> dict:
-        """World size, per-device and global batch, and the lr after scaling (`resnext_lit.scale`)."""
+        """World size, per-device and global batch, and the lr after scaling
+        (`resnext_lit.training.scale`)."""
         if getattr(self.trainer.datamodule, "batch_size", None) is None:
             raise UserError("the DataModule must expose `batch_size` (images per device)")
         return run_scale(self.trainer, self.trainer.datamodule, self.hparams.lr)
@@ -271,7 +270,7 @@ class ResNeXtModule(LightningModule):
                                     momentum=hp.momentum, nesterov=hp.nesterov)
         # Sized from the real per-rank loader after setup (`estimated_stepping_batches` loads
         # it), so milestones land on exact steps; max_steps or a resume does not change it.
-        self.trainer.estimated_stepping_batches
+        _ = self.trainer.estimated_stepping_batches
         steps_per_epoch = math.ceil(self.trainer.num_training_batches
                                     / self.trainer.accumulate_grad_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(

@@ -5,26 +5,27 @@
 
 Builds, with `wandb-workspaces` (W&B's report API), a report of the runs of one project (or one
 sweep of it): validation and training top-1 error per epoch grouped by setting (`GROUP_BY`:
-dataset, recipe and network, as `resnext_lit.tracking` groups runs; mean and std over
+dataset, recipe and network, as `resnext_lit.training.wandb_logger` groups runs; mean and std over
 seeds, the paper's Fig. 5 view), final error vs parameters and vs MACs (Fig. 7's view), C and d
 against the error (parallel coordinates), and the runs table with the columns the paper's
 tables use. Saving needs a W&B server and credentials; `--dry-run` builds the report and prints
 its outline without touching the network (W&B's API needs the server even to serialise a run
-set). The config keys and metrics are the ones `resnext_lit.tracking` and the module log.
+set). The config keys and metrics are the ones `resnext_lit.training.wandb_logger` and the module
+log.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .errors import UserError
-
+from ..errors import UserError
 
 METRICS = ("val/top1_err", "val/top5_err", "train/top1_err")
 # One group per setting: Table 7's CIFAR-10 and CIFAR-100 runs of one network never average.
 GROUP_BY = ("dataset", "recipe", "network")
 TABLE_COLUMNS = ("config:network.value", "config:dataset.value", "config:recipe.value",
-                 "config:arch.value", "config:depth.value", "config:cardinality.value", "config:bottleneck_width.value",
+                 "config:arch.value", "config:depth.value", "config:cardinality.value",
+                 "config:bottleneck_width.value",
                  "config:form.value", "config:params.value", "config:macs.value",
                  "config:seed_everything.value", "summary:val/top1_err",
                  "summary:val/top5_err", "run:state")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import wandb
 
-    from .tracking import has_credentials, reachable
+    from ..wandb_access import has_credentials, reachable
 
     url = wandb.setup().settings.base_url
     if not has_credentials(url):  # checked here: the API would otherwise prompt or retry

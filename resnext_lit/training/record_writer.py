@@ -23,18 +23,18 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .atomic import write_json_atomic
-from .facts import dataset_name, environment, network_facts, resolution
-from .models import ResNeXt
+from ..atomic import write_json_atomic
+from ..facts import dataset_name, environment, network_facts, resolution
+from ..models import ResNeXt
 from .scale import run_scale
 
 METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
            "train/images_per_s", "val/images_per_s",
-           # is the run input-bound? (`resnext_lit.input_bound.DataWait`)
+           # is the run input-bound? (`resnext_lit.training.data_wait.DataWait`)
            "train/data_wait_frac", "train/data_ms_per_step", "train/compute_ms_per_step")
 
 
-class ResultsWriter(Checkpoint):
+class RecordWriter(Checkpoint):
     """Writes `results.json` after every epoch of `fit`, and once after `validate` (rank 0 only).
 
     A `Checkpoint` subclass so that Lightning calls it after the LightningModule's own
@@ -133,7 +133,8 @@ class ResultsWriter(Checkpoint):
         self._finish(trainer, "finished")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # SIGTERMException: a preempted run (`resnext_lit.reliability`), resumable from last.ckpt.
+        # SIGTERMException: a preempted run (`resnext_lit.training.preemption`), resumable from
+        # last.ckpt.
         stopped = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         reason = getattr(exception, "message", None) or str(exception) or type(exception).__name__
         self._finish(trainer, "interrupted" if stopped else "failed", reason.splitlines()[0])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 SCHEDULES = ("step", "cosine", "triangular")
 TRIANGULAR_START = 1e-4  # ffcv-imagenet starts its ramp at 1e-4 x the peak lr, not at 0

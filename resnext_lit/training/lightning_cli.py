@@ -2,34 +2,48 @@
 
     python -m resnext_lit fit --config configs/imagenet_paper.yaml --model.arch resnext101_32x4d
     python -m resnext_lit fit --config configs/demo.yaml --print_config
+    python -m resnext_lit fit --config configs/demo.yaml --builtins.data_wait null   # one off
 
 Several `--config` files compose left to right, and `data.num_classes` (and `mean`, `std`) is
 linked into the model. Checkpoints load with `weights_only=True` unless `--weights_only=false`.
-`run_cli` returns the exit status; bad input raises a one-line `UserError` (`resnext_lit.errors`).
+The repo's own callbacks (`BUILTINS`: checkpoints, the run's record, preemption, exact resume,
+the data-wait split, the progress bar) are config keys under `builtins`, each on unless set to
+null; `trainer.callbacks` adds others, which run before them. `run_cli` returns the exit status;
+bad input raises a one-line `UserError` (`resnext_lit.errors`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 from jsonargparse import ArgumentError
 from jsonargparse.typing import PositiveInt
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from .checkpoints import check_checkpoint
-from .errors import UserError
-from .models.registry import OVERRIDES, model_config
+from ..errors import UserError
+from ..models.registry import OVERRIDES, model_config
+from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, check_checkpoint, use_atomic_checkpoints
+from .data_wait import DataWait
 from .nonfinite import NonFiniteError
-from .reliability import ExactResume, Preempted, Preemption, requeued_version
+from .preemption import Preempted, Preemption
+from .progress import LogStepProgressBar
+from .record_writer import RecordWriter
+from .resume import ExactResume, resume_last, resume_requeued_slurm_job
 from .schedules import check_schedule
 
 RUNS_DIR = "runs"
 DEFAULT_MAX_EPOCHS = 1000  # Lightning's when neither max_epochs nor max_steps is set
+# The repo's own callbacks: `builtins.<key>` -> (class, init_args). In this order, after the
+# config's `trainer.callbacks`: the ModelCheckpoints before the record (see `RecordWriter`), and
+# the data-wait split after preemption, so Preemption's agreement steps count as compute.
+BUILTINS = {"best_checkpoint": (ModelCheckpoint, BEST_CHECKPOINT),
+            "last_checkpoint": (ModelCheckpoint, LAST_CHECKPOINT),
+            "record": (RecordWriter, {}), "preemption": (Preemption, {}),
+            "exact_resume": (ExactResume, {}), "data_wait": (DataWait, {}),
+            "progress_bar": (LogStepProgressBar, {})}
 
 
 class ResNeXtCLI(LightningCLI):
@@ -41,14 +55,20 @@ class ResNeXtCLI(LightningCLI):
         for linked in ("num_classes", "mean", "std"):  # the data decides; never typed twice
             parser.link_arguments(f"data.{linked}", f"model.{linked}", apply_on="instantiate")
         # The recipe's unit is the global batch: images per device follow from the world size
-        # (`resnext_lit.scale`), so no recipe changes with the number of GPUs.
-        parser.add_argument("--global_batch_size", type=Optional[PositiveInt], default=None,
+        # (`resnext_lit.training.scale`), so no recipe changes with the number of GPUs.
+        parser.add_argument("--global_batch_size", type=PositiveInt | None, default=None,
                             help="images per optimiser step over all devices (the paper's "
                                  "batch); sets data.batch_size = global / (devices x nodes x "
                                  "accumulate_grad_batches)")
-        parser.add_argument("--paper_batch_per_device", type=Optional[PositiveInt], default=None,
+        parser.add_argument("--paper_batch_per_device", type=PositiveInt | None, default=None,
                             help="the paper's per-GPU batch (its BatchNorm batch), to say when "
                                  "ours differs")
+        for key, (callback, init_args) in BUILTINS.items():
+            parser.add_subclass_arguments(callback, f"builtins.{key}", required=False,
+                                          fail_untyped=False)
+            parser.set_defaults({f"builtins.{key}": {
+                "class_path": f"{callback.__module__}.{callback.__qualname__}",
+                "init_args": init_args}})
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -110,10 +130,20 @@ class ResNeXtCLI(LightningCLI):
         """This run's config (the subcommand's, or the whole one when run=False)."""
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer with the config's callbacks, then the built-ins that are on; every
+        checkpoint written atomically (`resnext_lit.training.checkpoints`)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        builtins = [config.get(f"builtins.{key}") for key in BUILTINS
+                    if not (key == "progress_bar"
+                            and config.trainer.get("enable_progress_bar") is False)]
+        callbacks = [*(config.trainer.get("callbacks") or []), *filter(None, builtins)]
+        trainer = super().instantiate_trainer(callbacks=callbacks, **kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
+
     def before_instantiate_classes(self) -> None:
         config = self.run_config
-        if config.trainer.get("enable_progress_bar") is not False:
-            self.trainer_defaults["callbacks"].append(LogStepProgressBar(leave=True))
         _bf16_where_supported(config.trainer)
         if (self.subcommand == "fit" and config.trainer.get("benchmark") is None
                 and not config.trainer.get("deterministic")):
@@ -123,9 +153,9 @@ class ResNeXtCLI(LightningCLI):
 
             config.trainer.benchmark = torch.cuda.is_available()
         if self.subcommand == "fit" and config.get("ckpt_path") is None:
-            _resume_requeued_slurm_job(config)
+            resume_requeued_slurm_job(config)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            _continue_latest_version(config)
+            resume_last(config)
         if config.get("ckpt_path") and config.model.get("weights"):
             # The checkpoint's network is restored after the model is built: loading the file
             # would be overwritten (and a resumed run must not need the file any more).
@@ -160,46 +190,18 @@ class ResNeXtCLI(LightningCLI):
             config.data.init_args.batch_size = self.datamodule.batch_size
 
     def _describe_run(self) -> None:
-        from .results import ResultsWriter
-        from .tracking import describe_run
+        from .wandb_logger import describe_run
 
         config = self.run_config
         paths = config.get("config") or []
         recipe = Path(str(paths[0])).stem if paths else None  # the first --config is the recipe
         plain = _plain(config)
         for callback in self.trainer.callbacks:
-            if isinstance(callback, ResultsWriter):
+            if isinstance(callback, RecordWriter):
                 callback.config, callback.recipe = plain, recipe
         # W&B fixes a run's group when it starts, so name it before the run starts.
         describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain,
                      stage=self.subcommand)
-
-
-class LogStepProgressBar(RichProgressBar):
-    """Rich's bar, showing the training loss as read at logging steps only.
-
-    Lightning turns every `prog_bar=True` step metric into a Python number after every step (a
-    device->host sync each), so the module logs `train/loss_step` off the bar and the bar reads
-    it here, every `trainer.log_every_n_steps` steps (when the loggers read it too)."""
-
-    _loss: float | None = None
-
-    def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        if trainer.training:
-            loss = trainer.callback_metrics.get("train/loss_step")
-            if loss is not None and (self._loss is None
-                                     or trainer.global_step % trainer.log_every_n_steps == 0):
-                self._loss = float(loss)
-            if self._loss is not None:
-                metrics["train/loss"] = self._loss
-        return metrics
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # Rich's bar reads the metrics here, on rank 0 only, before Lightning reduces the epoch's
-        # metrics on every rank: the rank-0-only all-reduce met the other ranks' epoch-end
-        # collectives and DDP hung at the first epoch end. The bar picks them up after it.
-        self.refresh()
 
 
 def _bf16_where_supported(trainer_config) -> None:
@@ -237,55 +239,6 @@ def _plain(config) -> dict:
     return as_dict
 
 
-def _run_logger_args(config):
-    """init_args of the logger that owns the run folder (the first, e.g. CSV before W&B), when
-    the run's version is still to be chosen."""
-    logger = config.trainer.get("logger")
-    if isinstance(logger, list):  # e.g. CSV + W&B (configs/logger/wandb.yaml)
-        logger = logger[0] if logger else None
-    init = getattr(logger, "init_args", None)
-    if init is None or init.get("version") is not None or "save_dir" not in init:
-        return None
-    return init
-
-
-def _runs_of(init) -> Path:
-    """The folder holding this run name's `version_N` folders, as Lightning's loggers name it."""
-    return Path(init.save_dir) / (init.get("name") or "lightning_logs")
-
-
-def _resume_requeued_slurm_job(config) -> None:
-    """A requeued SLURM job reruns its script unchanged: continue the run it had started."""
-    init = _run_logger_args(config)
-    if init is None:
-        return
-    root = _runs_of(init)
-    version = requeued_version(root)
-    if version is not None:
-        print(f"SLURM job {os.environ['SLURM_JOB_ID']} restarted: resuming "
-              f"{root}/version_{version}", file=sys.stderr)
-        config.ckpt_path = "last"
-
-
-def _continue_latest_version(config) -> None:
-    """`fit --ckpt_path last` continues the newest run of this name in its own folder.
-
-    Lightning looks for `last.ckpt` in the logger's folder, and a new run would get a new
-    version folder (so it would find nothing and silently start from scratch).
-    """
-    init = _run_logger_args(config)
-    if init is None:
-        return
-    root = _runs_of(init)
-    versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    resumable = [v for v in versions if (v / "checkpoints" / "last.ckpt").exists()]
-    if not resumable:
-        raise UserError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints")
-    latest = resumable[-1]
-    init.version = int(latest.name.split("_")[1])
-    check_checkpoint(latest / "checkpoints" / "last.ckpt", config.get("weights_only") is not False)
-
-
 def run_cli(args: list[str] | None) -> int:
     """Run one trainer subcommand; the exit status: 0 done, 1 a non-finite loss, 128 + the
     signal when preempted (last.ckpt saved). Bad input raises `UserError` (one line)."""
@@ -305,26 +258,14 @@ def run_cli(args: list[str] | None) -> int:
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning import LightningDataModule
 
-    from .input_bound import DataWait
     from .module import ResNeXtModule
-    from .results import ResultsWriter
 
     ResNeXtCLI(
         ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
         trainer_defaults={
             "default_root_dir": RUNS_DIR,
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": RUNS_DIR, "name": "default"}},
-            # Persistent callbacks: the ModelCheckpoints must come before ResultsWriter (see it).
-            # last.ckpt has its own: Lightning 2.6 refreshes a monitoring ModelCheckpoint's
-            # save_last file only in epochs that improved the metric.
-            # DataWait after Preemption, so Preemption's agreement steps count as compute.
-            "callbacks": [
-                ModelCheckpoint(monitor="val/top1_err", mode="min",
-                                filename="epoch{epoch:03d}-err{val/top1_err:.2f}",
-                                auto_insert_metric_name=False),
-                ModelCheckpoint(filename="last", enable_version_counter=False),
-                ResultsWriter(), Preemption(), ExactResume(), DataWait()]},
+                       "init_args": {"save_dir": RUNS_DIR, "name": "default"}}},
         save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.
         parser_kwargs={"exit_on_error": False,

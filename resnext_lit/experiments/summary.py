@@ -18,11 +18,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
-from .models import dataset_of, model_entry, registered_name
+from ..errors import UserError
+from ..models import dataset_of, model_entry, registered_name
 
 # Above this share of an epoch waiting for the next batch (`train/data_wait_frac`, from
-# `resnext_lit.input_bound.DataWait`), a faster loader is worth a look: it could buy up to
+# `resnext_lit.training.data_wait.DataWait`), a faster loader is worth a look: it could buy up to
 # 1 / (1 - 0.2) = 1.25x. Below it, costs that share the gap and that no loader change removes (the
 # progress bar's redraw, step logging, the host->device copy, workers starting each epoch) can
 # account for the share.
@@ -66,6 +66,11 @@ def network_line(record: dict) -> str:
             f"top-1 error on {data} at {entry['image_size']} px")
 
 
+def number(value: float | None, spec: str = ".2f") -> str:
+    """A figure of the record as the summary prints it; blank where the record has none."""
+    return "" if value is None else format(value, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lit summary")
     parser.add_argument("runs", nargs="?", default="runs", type=Path,
@@ -80,20 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     console.print(network_line(record), markup=False, highlight=False)
     table = Table("epoch", "train loss", "train top-1 err %", "val top-1 err %",
                   "val top-5 err %", "img/s", "data wait %", "time s")
-    fmt = lambda v, spec=".2f": "" if v is None else format(v, spec)  # noqa: E731
-    percent = lambda share: None if share is None else 100 * share  # noqa: E731
     for e in record["epochs"]:
-        table.add_row(str(e["epoch"]), fmt(e.get("train/loss"), ".3f"),
-                      fmt(e.get("train/top1_err")), fmt(e.get("val/top1_err")),
-                      fmt(e.get("val/top5_err")), fmt(e.get("train/images_per_s"), ".0f"),
-                      fmt(percent(e.get("train/data_wait_frac")), ".0f"),
-                      fmt(e.get("time_s"), ".0f"))
+        wait = e.get("train/data_wait_frac")
+        table.add_row(str(e["epoch"]), number(e.get("train/loss"), ".3f"),
+                      number(e.get("train/top1_err")), number(e.get("val/top1_err")),
+                      number(e.get("val/top5_err")), number(e.get("train/images_per_s"), ".0f"),
+                      number(None if wait is None else 100 * wait, ".0f"),
+                      number(e.get("time_s"), ".0f"))
     console.print(table)
     if (line := input_bound(record["epochs"])) is not None:
         console.print(line, markup=False, highlight=False)
     best = record.get("best") or {}
-    console.print(f"best val top-1 error {fmt(best.get('val/top1_err'))}% (epoch "
-                  f"{best.get('epoch')}), {fmt(record.get('images_per_s'), '.0f')} img/s, "
+    console.print(f"best val top-1 error {number(best.get('val/top1_err'))}% (epoch "
+                  f"{best.get('epoch')}), {number(record.get('images_per_s'), '.0f')} img/s, "
                   f"wall time {record['wall_time_s']:.0f} s")
     console.print(f"run: {path.parent}\ncheckpoints: {path.parent / 'checkpoints'}\n"
                   f"record: {path}")

@@ -2,7 +2,7 @@
 
     python -m resnext_lit sweep sweeps/table7_cifar.yaml --parallel 8     # 8 at once, 1 GPU each
 
-`resnext_lit.sweep` reads the sweep file and plans the runs; this module launches them.
+`resnext_lit.experiments.sweep` reads the sweep file and plans the runs; this module launches them.
 
 `--parallel N` runs N grid points at once, each with a slice of the visible GPUs as its
 CUDA_VISIBLE_DEVICES (the runner's own CUDA_VISIBLE_DEVICES if set, else every GPU): 8 GPUs and
@@ -16,10 +16,10 @@ together would share one; this also tells which record is whose. Only the runner
 state.json, and only one runner per sweep at a time (a lock file).
 
 Ctrl-C or SIGTERM to the runner sends SIGTERM to every run (each saves last.ckpt and records
-itself interrupted: `resnext_lit.reliability`), waits up to --stop-timeout seconds, kills what
-is left and exits with 128 + the signal; a second Ctrl-C kills at once. The runs live in process
-groups of their own, so a terminal's Ctrl-C reaches them only through the runner, once, and
-nothing of a run (loader workers, DDP ranks) outlives it. Finished runs stay finished; the
+itself interrupted: `resnext_lit.training.preemption`), waits up to --stop-timeout seconds, kills
+what is left and exits with 128 + the signal; a second Ctrl-C kills at once. The runs live in
+process groups of their own, so a terminal's Ctrl-C reaches them only through the runner, once,
+and nothing of a run (loader workers, DDP ranks) outlives it. Finished runs stay finished; the
 interrupted ones run again next time, from the start (their commands have no --ckpt_path).
 """
 
@@ -40,8 +40,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from .atomic import write_json_atomic
-from .errors import UserError
+from ..atomic import write_json_atomic
+from ..errors import UserError
 
 SYNC_LINE = re.compile(r"wandb sync (\S+?)`")
 POLL_S = 0.5  # how often the runner looks at its runs (exits, new records, signals)
@@ -112,11 +112,11 @@ def only_runner(sweep_dir: Path, name: str):
         yield
 
 
-class _Stop:
+class _StopRuns:
     """SIGINT, SIGTERM or SIGHUP to the runner: noted by the handler, acted on by `act` between
     polls. A signal the runner was started ignoring (nohup) stays ignored."""
 
-    def __enter__(self) -> _Stop:
+    def __enter__(self) -> _StopRuns:
         self.signum, self.count, self.deadline, self.killed = None, 0, None, False
         self._previous = {}
         for signum in STOP_SIGNALS:
@@ -175,7 +175,7 @@ def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path,
     the state after every change.
     Returns how many runs did not finish, and the signal that stopped the sweep (or None)."""
     queue, running, free, failures = list(enumerate(todo, 1)), [], list(range(len(slots))), 0
-    with _Stop() as stop:
+    with _StopRuns() as stop:
         try:
             while running or (queue and not stop.signum):
                 stop.act(running, stop_timeout)

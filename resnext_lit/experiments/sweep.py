@@ -16,7 +16,8 @@ there with its console output and its `results.json` (a link to the training's o
 a record of the failure), so `table --runs <that folder>` reads exactly this sweep.
 
 `--parallel N` runs N grid points at once, each on its own slice of the GPUs; Ctrl-C stops
-them all. How runs are launched, share the machine and are stopped: `resnext_lit.runner`.
+them all. How runs are launched, share the machine and are stopped:
+`resnext_lit.experiments.runner`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import write_json_atomic
-from .errors import UserError
-from .runner import (STOP_TIMEOUT_S, gpu_slots, only_runner, run_all, sharing,
-                     visible_gpus)
+from ..atomic import write_json_atomic
+from ..errors import UserError
+from .runner import STOP_TIMEOUT_S, gpu_slots, only_runner, run_all, sharing, visible_gpus
 
 METHODS = ("grid", "random")  # bayes needs the server's model of past runs: use `wandb agent`
 AGENT_DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # as wandb's

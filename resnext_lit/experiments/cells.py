@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from .models import dataset_of, model_entry, registered_name
+from ..models import dataset_of, model_entry, registered_name
 
 NETWORK = ("dataset", "recipe", "network", "depth", "cardinality", "bottleneck_width")
 # What else must agree for two runs to be seeds of one cell: the effective recipe. name -> label.

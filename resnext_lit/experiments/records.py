@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def load_local(runs_dir: str | Path) -> list[dict]:
@@ -72,7 +72,7 @@ def _nested(config: dict, key: str) -> dict | None:
 def load_wandb(sweep_path: str) -> list[dict]:  # needs a W&B server; not testable offline
     import wandb
 
-    from .tracking import has_credentials, reachable
+    from ..wandb_access import has_credentials, reachable
 
     url = wandb.setup().settings.base_url
     if not has_credentials(url) or not reachable(url):  # fail in one line, not after retries

@@ -11,11 +11,11 @@ params), Fig. 7 (CIFAR-10 error vs params), and a table of every other setting (
 demo). Each cell is ours (mean +- std over seeds), the paper's figure from the model registry,
 and the difference. A setting with no finished run is a gap ("-", with the state of its runs),
 never a zero. Writes tables.md, tables.csv (one row per cell) and PNGs: train/val error per epoch
-(Fig. 5 style) and error vs params (Fig. 7 style; `resnext_lit/figures.py`), each written
-atomically. `build_tables` is a pure function of records (`resnext_lit/records.py` reads them).
+(Fig. 5 style) and error vs params (Fig. 7 style; `figures.py`), each written atomically.
+`build_tables` is a pure function of records (`records.py` reads them).
 
-How cells are formed (`resnext_lit/cells.py`): a run counts for the network it built, looked up
-by (depth, C, d), not by its `--model.arch` name, and a cell averages only runs of one effective
+How cells are formed (`cells.py`): a run counts for the network it built, looked up by (depth,
+C, d), not by its `--model.arch` name, and a cell averages only runs of one effective
 recipe (dataset, recipe, network, form, stage, planned epochs, global batch, train/val resolution,
 val crop ratio). When a network's runs hold several recipes, the cell takes the one with the
 most planned epochs, then the most finished runs; the others are listed in "Runs apart from the
@@ -33,12 +33,22 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_write
-from .cells import (NETWORK, RECIPE, Cell, describe, differences, known, picker, setting_of,
-                    stat, summarize)
+from ..atomic import atomic_write
+from ..models import dataset_of, model_entry
+from ..models.registry import FIG7, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE5, TABLE5_SIZES, TABLE7
+from .cells import (
+    NETWORK,
+    RECIPE,
+    Cell,
+    describe,
+    differences,
+    known,
+    picker,
+    setting_of,
+    stat,
+    summarize,
+)
 from .figures import plot_curves, plot_error_vs_params
-from .models import dataset_of, model_entry
-from .models.registry import FIG7, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE5, TABLE5_SIZES, TABLE7
 from .records import load_local, load_wandb
 
 GAP = "-"
@@ -55,7 +65,8 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-def fmt(mean, std=None, n=1, runs=()) -> str:
+def cell_text(mean, std=None, n=1, runs=()) -> str:
+    """A cell as the tables print it: "22.41 ± 0.12 (n=3)", or a gap naming its runs' states."""
     if mean is None:
         states = sorted({r["status"] for r in runs})
         return f"{GAP} ({', '.join(states)})" if states else GAP
@@ -75,7 +86,7 @@ def _cell(table: Table, row: str, column: str, cell: Cell, key: str,
                         "diff": None if mean is None or paper is None else mean - paper,
                         "states": " ".join(sorted(r["status"] for r in cell.runs)),
                         **cell.setting})
-    return (fmt(mean, std, n, cell.runs), GAP if paper is None else f"{paper:.2f}",
+    return (cell_text(mean, std, n, cell.runs), GAP if paper is None else f"{paper:.2f}",
             diff(mean, paper))
 
 

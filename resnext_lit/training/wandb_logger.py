@@ -26,23 +26,20 @@ Lightning already restricts the run and all logging to global rank 0 under DDP.
 
 from __future__ import annotations
 
-import netrc
 import os
-import socket
 import sys
-from urllib.parse import urlparse
 
 import torch
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from .facts import dataset_name, environment, network_facts, resolution
-from .models import ResNeXt, model_config, model_entry, registered_name
-from .models.registry import OVERRIDES
+from ..facts import dataset_name, environment, network_facts, resolution
+from ..models import ResNeXt, model_config, model_entry, registered_name
+from ..models.registry import OVERRIDES
+from ..wandb_access import PROBE_S, has_credentials, reachable
 
 DEFAULT_PROJECT = "resnext-lit"
-PROBE_S = 5.0        # a reachable server accepts a TCP connection well within this
 # wandb.init adds up to ~10 s of its own (two 5 s identity look-ups) to its init_timeout; with
 # the probe and the offline restart, the worst case stays under 30 s.
 INIT_TIMEOUT_S = 12.0
@@ -121,7 +118,7 @@ class WandbLogger(_LightningWandbLogger):
     """Lightning's `WandbLogger` with this project's defaults and a start that cannot hang.
 
     Use from YAML (see configs/logger/wandb.yaml):
-    `{class_path: resnext_lit.tracking.WandbLogger, init_args: {save_dir: runs}}`.
+    `{class_path: resnext_lit.training.wandb_logger.WandbLogger, init_args: {save_dir: runs}}`.
 
     Args:
         project: W&B project; default WANDB_PROJECT, else "resnext-lit".
@@ -245,24 +242,3 @@ class WandbLogger(_LightningWandbLogger):
             # means "the arch's own"): put the network's real C, d, depth and form back on top.
             self.experiment.config.update(self._facts, allow_val_change=True)
 
-
-def has_credentials(base_url: str) -> bool:
-    """True when an API key or identity token is configured, without asking the network."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    try:
-        return netrc.netrc(path).authenticators(urlparse(base_url).hostname or "") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def reachable(base_url: str, timeout: float = PROBE_S) -> bool:
-    """Whether the W&B server accepts a TCP connection (a blackholed route fails in `timeout`)."""
-    url = urlparse(base_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

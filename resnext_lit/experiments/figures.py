@@ -1,6 +1,6 @@
 """The paper's figures for `python -m resnext_lit table`: Fig. 5 style training curves and
-Fig. 7 style error vs parameters, one PNG per table (a `resnext_lit.table.Table`: its `runs`
-by label and its title), written atomically.
+Fig. 7 style error vs parameters, one PNG per table (a `resnext_lit.experiments.table.Table`: its
+`runs` by label and its title), written atomically.
 
     plot_curves(table, Path("tables/03_table_3_curves.png"))         # False: nothing to draw
     plot_error_vs_params(table, Path("tables/05_fig_7_error_vs_params.png"))
@@ -12,7 +12,7 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .cells import known, stat
 
 

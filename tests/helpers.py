@@ -1,0 +1,80 @@
+"""What several test files share: the environment of a training subprocess, a run stopped by a
+real signal at a known step, and the calls that read a tensor back from the device.
+
+    from helpers import DEVICE_READS, ROOT, run_env, run_signalled
+
+Subprocesses load callbacks from here and from test modules through PYTHONPATH
+(`--trainer.callbacks+=helpers.PauseAtStep`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from lightning import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+SIGNAL_TIMEOUT_S = 600
+
+# The calls that, on a GPU, wait for the device: a tensor read back to the host.
+DEVICE_READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__,
+                torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.tolist,
+                torch.Tensor.numpy, torch.Tensor.cpu, torch.unique, torch.Tensor.unique,
+                torch.nonzero, torch.Tensor.nonzero}
+
+
+def run_env(tmp: Path, **extra) -> dict:
+    """A training subprocess's environment: the tests on PYTHONPATH (their callbacks), W&B
+    offline with every folder of its in `tmp`, plus `extra`."""
+    env = dict(os.environ, PYTHONPATH=str(TESTS), WANDB_MODE="offline",
+               WANDB_DIR=str(tmp / "wandb"), WANDB_CACHE_DIR=str(tmp / "wandb-cache"),
+               WANDB_CONFIG_DIR=str(tmp / "wandb-config"), WANDB_DATA_DIR=str(tmp / "wandb-data"))
+    return {**env, **extra}
+
+
+class PauseAtStep(Callback):
+    """At `step`, write `ready` and wait until `go` exists: the test signals the run meanwhile.
+
+    User callbacks run before the repo's own, so `Preemption` sees the signal at the end of this
+    very step."""
+
+    def __init__(self, step: int, folder: str = "."):
+        self.step, self.folder = step, Path(folder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            (self.folder / "ready").write_text(str(os.getpid()))
+            stop = time.monotonic() + SIGNAL_TIMEOUT_S
+            while not (self.folder / "go").exists() and time.monotonic() < stop:
+                time.sleep(0.02)
+
+
+def run_signalled(args: list[str], cwd: Path, step: int, sig: int,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m resnext_lit *args` in `cwd`, sent `sig` from this process while it waits at
+    `step` (`PauseAtStep`), so where the signal lands is exact and never races the training."""
+    proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", *args,
+                             "--trainer.callbacks+=helpers.PauseAtStep",
+                             f"--trainer.callbacks.step={step}"], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env or run_env(cwd))
+    try:
+        stop = time.monotonic() + SIGNAL_TIMEOUT_S
+        while not (cwd / "ready").exists() and proc.poll() is None and time.monotonic() < stop:
+            time.sleep(0.05)
+        assert (cwd / "ready").exists(), proc.communicate()[1][-3000:]
+        proc.send_signal(sig)
+        (cwd / "go").touch()
+        out, err = proc.communicate(timeout=SIGNAL_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (cwd / "ready").unlink()
+    (cwd / "go").unlink()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
