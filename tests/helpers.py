@@ -10,6 +10,7 @@ Subprocesses load callbacks from here and from test modules through PYTHONPATH
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ DEVICE_READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__
                 torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.tolist,
                 torch.Tensor.numpy, torch.Tensor.cpu, torch.unique, torch.Tensor.unique,
                 torch.nonzero, torch.Tensor.nonzero}
+
+
+def ctrl_c_enabled() -> None:
+    """`preexec_fn` of a child the test sends SIGINT (a Ctrl-C): a suite started in the
+    background by a shell (as CI may be) inherits SIGINT ignored, and so would the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_env(tmp: Path, **extra) -> dict:

@@ -31,6 +31,8 @@ from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
 from resnext_lit.data.beton.write import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
 from resnext_lit.data.images import BadImage, load_rgb
 
+from helpers import ctrl_c_enabled
+
 REPO = Path(__file__).resolve().parents[1]
 WRITE_TIMEOUT_S = 120  # a hung writer fails the test instead of the whole run
 COMMON = ["--max-side", "32", "--workers", "2", "--no-progress"]
@@ -330,12 +332,6 @@ def test_per_class_writes_the_first_decodable_images_of_each_class(tmp_path, bet
 SHARED_MEMORY = "/dev/shm"  # where FFCV's writer keeps its metadata while it writes
 
 
-def _ctrl_c_enabled() -> None:
-    """A command started in the background by a shell inherits SIGINT ignored (as this suite
-    may be, in CI), and Python then never raises KeyboardInterrupt: undo that in the child."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _interrupt_mid_write(source: Path, out: Path, sig: int, delay: float = 0.0) -> int:
     """Start a real writer process, send `sig` `delay` s after its .partial file appears, return
     its status."""
@@ -344,7 +340,7 @@ def _interrupt_mid_write(source: Path, out: Path, sig: int, delay: float = 0.0) 
                              str(source), "--out", str(out), "--write-mode", "raw",
                              "--workers", "1", "--no-progress"], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, preexec_fn=_ctrl_c_enabled)
+                            stderr=subprocess.DEVNULL, preexec_fn=ctrl_c_enabled)
     try:
         stop = time.monotonic() + WRITE_TIMEOUT_S
         while not partial.exists() and proc.poll() is None and time.monotonic() < stop:

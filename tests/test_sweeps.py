@@ -31,6 +31,8 @@ from resnext_lit.experiments.table import main as table_main
 from resnext_lit.models import model_entry, solve_bottleneck_width
 from resnext_lit.models.registry import FIG7, FIG7_WIDE, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE7
 
+from helpers import ctrl_c_enabled
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 TINY_FIT = ["--model.warmup_epochs=0", "--data.init_args.batch_size=16",
@@ -330,7 +332,7 @@ def test_parallel_runs_overlap_and_stop_on_ctrl_c(offline_workdir, monkeypatch, 
 
     runner = subprocess.Popen([sys.executable, "-m", "resnext_lit", "sweep", "par.yaml",
                                "--parallel", "2"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_enabled)
     try:
         deadline = time.monotonic() + 300  # two start-ups on a busy 2-core machine
         while statuses(training_records()) != ["running", "running"]:
