@@ -19,6 +19,7 @@ signal after saving last.ckpt (`resnext_lit.training.preemption`); a non-finite 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
             code = run_cli(None if from_sys else argv)
     except UserError as err:  # bad input is one line; any other exception keeps its traceback
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        if _rank() == 0:  # every DDP rank meets the same bad input: one of them says it
+            print(f"error: {one_line(err)}", file=sys.stderr)
         code = 2
     except SystemExit as stop:  # Lightning's Ctrl-C path, argparse
         code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
@@ -82,9 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _rank() -> int:
+    """This process's global rank as its launcher set it (Lightning, torchrun, SLURM); 0 alone."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def _finish_wandb(code: int) -> None:
     """Close a W&B run of a failed command with its exit status: wandb 0.31 no longer hooks
-    sys.exit, so it would record a crashed or preempted run as finished (exit code 0)."""
+    sys.exit, so it would record a crashed or preempted run as finished (exit code 0). A sweep
+    run stopped by a signal (exit 128 + the signal, last.ckpt saved) is marked preempting
+    first: only then does the sweep controller hand it to an agent again ("Signal handling and
+    sweep runs" in W&B's docs), which resumes it (`resnext_lit.run_identity`, rule 4)."""
     run = getattr(sys.modules.get("wandb"), "run", None)  # never imports wandb itself
-    if run is not None and code:
-        run.finish(exit_code=code)
+    if run is None or not code:
+        return
+    if code > 128 and os.environ.get("WANDB_SWEEP_ID"):
+        run.mark_preempting()
+    run.finish(exit_code=code)

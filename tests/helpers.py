@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -85,3 +87,29 @@ def run_signalled(args: list[str], cwd: Path, step: int, sig: int,
     (cwd / "ready").unlink()
     (cwd / "go").unlink()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def wandb_records(path: Path) -> list:
+    """Records of a .wandb file, read as W&B writes it (LevelDB log format: 32 KiB blocks of
+    CRC-32-checked chunks, each record a `wandb_internal_pb2.Record`). Fails on a torn record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a .wandb file"
+    records, pos, parts = [], 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's trailer
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if (crc, length, kind) == (0, 0, 0):
+            pos += block - pos % block
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        assert len(chunk) == length and kind in (1, 2, 3, 4), f"torn record at byte {pos}"
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad checksum at {pos}"
+        parts, pos = parts + chunk, pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            records.append(wandb_internal_pb2.Record.FromString(parts))
+            parts = b""
+    return records

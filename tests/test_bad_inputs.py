@@ -130,7 +130,7 @@ ROWS = [
                               "--ckpt_path={root}/truncated.ckpt"],
      "truncated.ckpt is not a readable PyTorch checkpoint", 2),
     ("missing checkpoint", [*FIT, "--ckpt_path={root}/nope.ckpt"], "nope.ckpt: no such file", 2),
-    ("nothing to resume", [*FIT, "--ckpt_path=last"], "--ckpt_path last: no last.ckpt", 2),
+    ("run id", [*FIT, "--run_id=Run/1"], "--run_id 'Run/1': use lower-case letters and digits", 2),
     # the datamodules
     ("missing .beton", [*FIT_FFCV, f"--data.init_args.train_path={B}/nope.beton"],
      "nope.beton does not exist", 2),
@@ -271,15 +271,15 @@ def test_model_settings_a_checkpoint_overrides_are_named(bad, tmp_path):
     assert "depth" not in line  # depth 11 in both
 
 
-def test_a_truncated_checkpoint_is_named_even_via_ckpt_path_last(bad, tmp_path):
-    folder = tmp_path / "runs/demo/version_0/checkpoints"
+def test_a_truncated_checkpoint_is_named_even_via_run_id(bad, tmp_path):
+    folder = tmp_path / "runs/demo/abc123/checkpoints"
     folder.mkdir(parents=True)
     shutil.copy(bad["root"] / "truncated.ckpt", folder / "last.ckpt")
-    out = subprocess.run([sys.executable, "-m", "resnext_lit", *FIT, "--ckpt_path=last"],
+    out = subprocess.run([sys.executable, "-m", "resnext_lit", *FIT, "--run_id=abc123"],
                          cwd=tmp_path, text=True, capture_output=True, timeout=TIMEOUT_S)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1] == (
-        "error: checkpoint runs/demo/version_0/checkpoints/last.ckpt is not a readable PyTorch "
+        "error: checkpoint runs/demo/abc123/checkpoints/last.ckpt is not a readable PyTorch "
         "checkpoint (truncated or corrupt?): PytorchStreamReader failed reading zip archive: "
         "failed finding central directory")
     assert torch.load(bad["root"] / "good.ckpt", weights_only=True)["global_step"] == 1

@@ -142,6 +142,34 @@ def test_an_abandoned_epoch_stops_even_when_all_of_it_is_queued(beton_varied_wri
     assert not first.is_alive()
 
 
+def test_a_mid_epoch_resume_starts_the_epoch_in_without_decoding_what_it_skips(
+        beton_varied_written, monkeypatch):
+    """`skip_batches(k)` (what ExactResume calls on a mid-epoch resume) yields the epoch's
+    batches from the k-th on, in the same order, and reads and decodes only those: counted at
+    FFCV's `run_pipeline` (one call per batch) rather than timed."""
+    from resnext_lit.data.ffcv import _StoppableEpoch
+
+    beton = beton_varied_written["beton"]
+    dm = FFCVDataModule(beton, beton, **TINY)
+    loader = dm.train_dataloader()
+    decoded = []  # this loader's batches only (an earlier test's epoch may still be producing)
+    run_pipeline = _StoppableEpoch.run_pipeline
+    monkeypatch.setattr(_StoppableEpoch, "run_pipeline", lambda self, *a, **k: (
+        self.loader is loader and decoded.append(1)) or run_pipeline(self, *a, **k))
+    batches = len(loader)
+    _, whole = collect(loader)                  # epoch 0, every batch
+    assert len(decoded) == batches >= 4
+    decoded.clear()
+    loader.next_epoch = 0                       # epoch 0 again (the Trainer's, on a resume)
+    loader.skip_batches(3)
+    _, rest = collect(loader)
+    assert len(decoded) == batches - 3          # the three skipped batches never decoded
+    assert torch.equal(rest, whole[3 * TINY["batch_size"]:])  # the same order, from batch 3
+    decoded.clear()
+    loader.next_epoch = 0
+    assert torch.equal(collect(loader)[1], whole) and len(decoded) == batches  # once only
+
+
 def _copy(beton, folder, with_sidecar=True):
     folder.mkdir(exist_ok=True)
     shutil.copy(beton, folder / beton.name)

@@ -14,10 +14,8 @@ import json
 import math
 import os
 import signal
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from lightning import Callback
 from resnext_lit.training.checkpoints import AtomicCheckpointIO, check_checkpoint, unreadable
 from resnext_lit.training.nonfinite import NonFiniteError
 
-from helpers import run_env, run_signalled
+from helpers import run_env, run_signalled, wandb_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -75,7 +73,8 @@ def fit_signalled(cwd: Path, step: int, sig: int, *args, env=None) -> subprocess
 
 
 def run_dir(cwd: Path) -> Path:
-    (folder,) = (cwd / "runs" / "demo").glob("version_*")
+    """The one run folder (runs/demo/<run id>): resumes continue it, never start another."""
+    (folder,) = (cwd / "runs" / "demo").iterdir()
     return folder
 
 
@@ -131,9 +130,10 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(tmp_path, uninterrupted):
     out = fit_signalled(tmp_path, 3, signal.SIGTERM)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
-    path = Path("runs/demo/version_0/checkpoints/last.ckpt")
+    run_id = run_dir(tmp_path).name
+    path = Path(f"runs/demo/{run_id}/checkpoints/last.ckpt")
     assert last == (f"stopped by SIGTERM at epoch 0, step 3: saved {path}; resume with the "
-                    "same command plus --ckpt_path last"), out.stderr[-3000:]
+                    f"same command plus --run_id {run_id}"), out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     rec = record(tmp_path)
     assert rec["status"] == "interrupted" and rec["stop_reason"] == last and rec["epochs"] == []
@@ -142,9 +142,9 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(tmp_path, uninterrupted):
     assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 3
     assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file of `atomic_write` is left
 
-    resumed = fit(tmp_path, "--ckpt_path", "last")
+    resumed = fit(tmp_path, "--run_id", run_id)  # as the stop line says
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not (tmp_path / "runs/demo/version_1").exists()
+    assert run_dir(tmp_path).name == run_id  # continued in place
     assert sorted(p.name for p in (run_dir(tmp_path) / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert_same_training(uninterrupted, tmp_path)
 
@@ -184,12 +184,13 @@ def test_slurm_sigusr1_requeues_and_the_requeued_job_resumes(tmp_path, uninterru
     assert out.stderr.strip().splitlines()[-1].endswith(
         "requeued SLURM job 4242; it resumes from there")
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
-    assert record(tmp_path)["slurm_job_id"] == "4242"
+    assert record(tmp_path)["slurm_job"] == "4242"
+    run_id = run_dir(tmp_path).name
 
     again = fit(tmp_path, env=run_env(tmp_path, SLURM_RESTART_COUNT="1", **slurm))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "SLURM job 4242 restarted: resuming runs/demo/version_0" in again.stderr
-    assert not (tmp_path / "runs/demo/version_1").exists()
+    assert f"run demo/{run_id}: SLURM job 4242 requeued: resuming" in again.stderr
+    assert run_dir(tmp_path).name == run_id
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert_same_training(uninterrupted, tmp_path)
 
@@ -218,7 +219,8 @@ def test_nan_weights_never_reach_a_checkpoint(tmp_path):
     out = fit(tmp_path, "--trainer.callbacks+=test_reliability.NaNAt",
               "--trainer.callbacks.step=12", "--trainer.callbacks.what=weights")
     assert out.returncode == 1, out.stderr[-3000:]
-    assert errors(out)[-1].startswith("error: refusing to save runs/demo/version_0/checkpoints/")
+    assert errors(out)[-1].startswith(
+        f"error: refusing to save runs/demo/{run_dir(tmp_path).name}/checkpoints/")
     assert "weight tensors hold NaN or inf (first: model.fc.weight)" in errors(out)[-1]
     assert last_ckpt(tmp_path)["global_step"] == STEPS_PER_EPOCH  # epoch 0's, untouched
     assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file of `atomic_write` is left
@@ -358,34 +360,8 @@ def test_class_names_from_a_sidecar_never_reach_outside_the_image_folder(tmp_pat
 
 
 # -- W&B after a crash -------------------------------------------------------------------------
-def wandb_records(path: Path) -> list:
-    """Records of a .wandb file, read as W&B writes it (LevelDB log format: 32 KiB blocks of
-    CRC-32-checked chunks, each record a `wandb_internal_pb2.Record`). Fails on a torn record."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block = path.read_bytes(), 32768
-    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a .wandb file"
-    records, pos, parts = [], 7, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's trailer
-            pos += block - pos % block
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if (crc, length, kind) == (0, 0, 0):
-            pos += block - pos % block
-            continue
-        chunk = data[pos + 7:pos + 7 + length]
-        assert len(chunk) == length and kind in (1, 2, 3, 4), f"torn record at byte {pos}"
-        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad checksum at {pos}"
-        parts, pos = parts + chunk, pos + 7 + length
-        if kind in (1, 4):  # FULL or LAST
-            records.append(wandb_internal_pb2.Record.FromString(parts))
-            parts = b""
-    return records
-
-
 def wandb_run(cwd: Path) -> tuple[Path, list]:
-    (folder,) = (cwd / "runs" / "wandb").glob("offline-run-*")
+    (folder,) = run_dir(cwd).glob("wandb/offline-run-*")
     (file,) = folder.glob("run-*.wandb")
     return folder, wandb_records(file)
 

@@ -31,7 +31,7 @@ from resnext_lit.experiments.table import main as table_main
 from resnext_lit.models import model_entry, solve_bottleneck_width
 from resnext_lit.models.registry import FIG7, FIG7_WIDE, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE7
 
-from helpers import ctrl_c_enabled
+from helpers import TESTS, ctrl_c_enabled
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -51,8 +51,9 @@ def write_sweep(path: str, name: str, archs: list[str], fit_args: list[str]) -> 
 
 
 def training_records() -> list[Path]:
-    """The runs' own results.json files (not the sweep folders' links to them)."""
-    return sorted(p for p in Path("runs").rglob("results.json") if "sweeps" not in p.parts)
+    """The runs' own results.json files (`<point>/<run id>/`, not the runner's failure notes)."""
+    return sorted(p for p in Path("runs").rglob("results.json")
+                  if (p.parent / "checkpoints").is_dir())
 
 
 def archs(name: str) -> list[str]:
@@ -240,9 +241,11 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
         assert Path(runs[arch]["wandb_dir"]).is_dir()  # a real offline W&B run
         assert "--model.arch=" + arch in runs[arch]["argv"]
 
-    assert sweep_main(["tiny.yaml"]) == 1  # only the failed run is tried again
+    failed_id = runs["no_such_net"]["run_id"]
+    assert sweep_main(["tiny.yaml"]) == 1  # only the failed run is tried again, as a new run
     runs = state()
     assert runs["no_such_net"]["attempts"] == 2 and runs["resnext11_2x4d"]["attempts"] == 1
+    assert runs["no_such_net"]["run_id"] != failed_id
     assert len(records()) == 2
     out = capsys.readouterr().out
     assert "3 runs, 2 finished, 1 to run now" in out and "wandb sync" in out
@@ -355,7 +358,7 @@ def test_parallel_runs_overlap_and_stop_on_ctrl_c(offline_workdir, monkeypatch, 
                 os.killpg(run["pid"], signal.SIGKILL)
         raise
     assert runner.returncode == 130, out
-    assert out.count(": started, pid ") == 2 and "SIGINT: stopping 2 run(s)" in out, out
+    assert out.count(": new run ") == 2 and "SIGINT: stopping 2 run(s)" in out, out
     runs = state()
     assert {r["env"]["CUDA_VISIBLE_DEVICES"] for r in runs.values()} == {"7", "9"}
     first, second = sorted(runs.values(), key=lambda r: r["started"])
@@ -368,10 +371,53 @@ def test_parallel_runs_overlap_and_stop_on_ctrl_c(offline_workdir, monkeypatch, 
         record = json.loads(Path(run["results"]).read_text())
         assert record["status"] == "interrupted" and record["arch"] == arch
         assert record["stop_reason"].startswith("stopped by SIGTERM")
+        assert Path(run["results"]) == \
+            Path(f"runs/sweeps/par/{run['folder']}/{run['run_id']}/results.json")
         assert (Path(run["results"]).parent / "checkpoints" / "last.ckpt").is_file()
-        assert Path(f"runs/sweeps/par/{run['folder']}/results.json").resolve() == \
-            Path(run["results"]).resolve()
 
     assert sweep_main(["par.yaml", "--parallel", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 runs, 0 finished, 2 to run now" in out and out.count(": run\n") == 2, out
+
+
+@pytest.mark.slow
+def test_an_interrupted_point_resumes_its_own_run_when_the_sweep_runs_again(offline_workdir,
+                                                                           monkeypatch, capsys):
+    """Ctrl-C while the run waits at step 1 (`helpers.PauseAtStep`): the run saves last.ckpt;
+    the sweep run again resumes that run (same id, folder, W&B run) instead of starting over."""
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{TESTS}")
+    write_sweep("re.yaml", "re", ["resnext11_2x4d"],
+                [*TINY_FIT, "--trainer.callbacks+=helpers.PauseAtStep",
+                 "--trainer.callbacks.step=1"])
+    runner = subprocess.Popen([sys.executable, "-m", "resnext_lit", "sweep", "re.yaml"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=ctrl_c_enabled)
+    try:
+        deadline = time.monotonic() + 300
+        while not Path("ready").exists():
+            assert runner.poll() is None, runner.communicate()[0]
+            assert time.monotonic() < deadline, "the run never reached step 1"
+            time.sleep(0.2)
+        runner.send_signal(signal.SIGINT)
+        Path("go").touch()
+        out = runner.communicate(timeout=240)[0]
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 130, out
+    assert "interrupted runs resume from their last.ckpt" in out
+    state_path = Path("runs/sweeps/re/state.json")
+    (first,) = json.loads(state_path.read_text())["runs"].values()
+    assert first["status"] == "interrupted"
+    folder = Path(f"runs/sweeps/re/{first['folder']}/{first['run_id']}")
+    assert json.loads((folder / "results.json").read_text())["status"] == "interrupted"
+
+    assert sweep_main(["re.yaml"]) == 0
+    (again,) = json.loads(state_path.read_text())["runs"].values()
+    assert f"resuming run {first['run_id']} from its last.ckpt" in capsys.readouterr().out
+    assert again["run_id"] == first["run_id"] and again["attempts"] == 2
+    record = json.loads((folder / "results.json").read_text())
+    assert record["status"] == "finished" and [e["step"] for e in record["epochs"]] == [2]
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, "output.log"])
+    assert len(list(folder.glob("wandb/offline-run-*"))) == 2  # two pieces of one W&B run
+    assert {p.name[-8:] for p in folder.glob("wandb/offline-run-*")} == {first["run_id"]}

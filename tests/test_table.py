@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from resnext_lit.experiments.records import record_from_wandb
+from resnext_lit.experiments.records import load_local, record_from_wandb
 from resnext_lit.experiments.table import (
     APART,
     GAP,
@@ -212,6 +212,7 @@ def test_wandb_run_conversion_without_a_server():
                 "cardinality": 32, "bottleneck_width": 4, "form": "c", "stem": "imagenet",
                 "num_classes": 1000, "params": 25_028_904, "macs": 4_230_000_000,
                 "data": IMAGENET, "_wandb": {}, "stage": "fit", "dataset": "imagenet",
+                "run_id": "k3x9a0qz", "run_name": "imagenet_paper",
                 "max_epochs": 100, "resolution": record("resnet50", 1.0)["resolution"],
                 **{f"scale/{k}": v for k, v in record("resnet50", 1.0)["scale"].items()}},
         summary={"val/top1_err": {"min": 21.9, "last": 22.1}, "val/top5_err": {"last": 6.1}},
@@ -224,8 +225,44 @@ def test_wandb_run_conversion_without_a_server():
     assert rec["epochs"][0] == {"epoch": 0, "train/top1_err": 60.0, "val/top1_err": 50.0}
     assert (rec["dataset"], rec["stage"], rec["max_epochs"], rec["scale"]["global_batch"]) == (
         "imagenet", "fit", 100, 256)  # a flattened "scale/..." config is read back as a dict
+    assert rec["run"] == {"id": "k3x9a0qz", "name": "imagenet_paper"}
     t3 = by_title(build_tables([rec]), "Table 3")
     assert "22.10" in markdown([t3]) and PAPER_CELL in t3.notes  # the same cell as results.json
+
+    # Logged before run ids, a W&B run may be one piece of a resumed run: never a seed.
+    run.config = {k: v for k, v in run.config.items() if k not in ("run_id", "run_name")}
+    piece = record_from_wandb(run)
+    assert piece["stage"] == "W&B piece" and piece["run"] is None
+    tables = build_tables([rec, piece])
+    assert "22.10" in markdown([by_title(tables, "Table 3")])
+    assert "(n=2)" not in markdown([by_title(tables, "Table 3")])
+    assert "W&B piece" in markdown(tables)
+
+
+def test_a_run_counts_once_however_its_records_were_copied(tmp_path):
+    runs = tmp_path / "runs"
+    early = {**record("resnext50_32x4d", 30.0), "run": {"id": "aaaa1111", "name": "x"}}
+    later = {**record("resnext50_32x4d", 22.0), "run": {"id": "aaaa1111", "name": "x"}}
+    early["epochs"] = later["epochs"][:1]
+    for folder, rec in (("x/aaaa1111", later), ("copy/aaaa1111", early),
+                        ("x/bbbb2222", {**record("resnext50_32x4d", 22.4, seed=1),
+                                        "run": {"id": "bbbb2222", "name": "x"}})):
+        (runs / folder).mkdir(parents=True)
+        (runs / folder / "results.json").write_text(json.dumps(rec))
+    records = load_local(runs)
+    assert sorted(r["final"]["val/top1_err"] for r in records) == [22.0, 22.4]
+    assert "22.20 ± 0.28 (n=2)" in markdown([by_title(build_tables(records), "Table 3")])
+
+
+def test_the_cell_is_the_recipes_own_global_batch_before_the_longest_run():
+    own = [record("resnext50_32x4d", 22.0 + s / 5, seed=s, max_epochs=100) for s in range(2)]
+    longer = [record("resnext50_32x4d", 21.0, global_batch=512, max_epochs=120)]
+    for rec in own + longer:
+        rec["config"]["global_batch_size"] = 256  # what the recipe states
+    t3 = by_title(build_tables(own + longer), "Table 3")
+    assert "22.10 ± 0.14 (n=2)" in markdown([t3])
+    assert "epochs 120 (cell: 100); global batch 512 (cell: 256)" in \
+        apart_rows(build_tables(own + longer))
 
 
 def test_a_smoke_run_is_shown_apart_and_never_averaged_into_the_paper_cell():

@@ -218,11 +218,13 @@ def test_cli_fit_with_the_wandb_fragment_makes_a_real_offline_run(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(one_line(proc.stderr)) == 1, proc.stderr[-3000:]
-    [run_dir] = (tmp_path / "runs" / "wandb").glob("offline-run-*")
-    run = read_run(run_dir)
     [results] = (tmp_path / "runs").rglob("results.json")
     record = json.loads(results.read_text())
+    [run_dir] = (results.parent / "wandb").glob("offline-run-*")  # in the run's own folder
+    assert run_dir.name.endswith("-" + record["run"]["id"])  # the W&B run's id is the run's
+    run = read_run(run_dir)
     config = run["config"]
+    assert (config["run_id"], config["run_name"]) == (record["run"]["id"], "demo")
     assert config["arch"] == record["arch"] == "resnext11_8x4d"
     assert config["params"] == record["model"]["params"]
     assert config["macs"] == record["model"]["macs"]

@@ -106,8 +106,9 @@ def test_one_epoch_on_digits_writes_results_json(tmp_path):
         epoch["val/top1_err"]
     assert record["config"]["model"]["arch"] == "resnext11_8x4d"
     assert record["versions"]["torch"] == torch.__version__.split("+")[0]
-    assert (tmp_path / "runs/demo/version_0/config.yaml").exists()
-    assert (tmp_path / "runs/demo/version_0/checkpoints/last.ckpt").exists()
+    (run,) = (tmp_path / "runs/demo").iterdir()  # runs/<run_name>/<run_id>
+    assert record["run"] == {"id": run.name, "name": "demo"}
+    assert (run / "config.yaml").exists() and (run / "checkpoints/last.ckpt").exists()
 
 
 class RecordLR(Callback):
@@ -192,7 +193,7 @@ def test_resume_from_last_continues_step_and_lr(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     second = cli(*common, "--trainer.max_epochs=4", "--ckpt_path=last", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert not (tmp_path / "runs/demo/version_1").exists()  # continued in place
+    assert len(list((tmp_path / "runs/demo").iterdir())) == 1  # continued in place
     record = results(tmp_path / "runs" / "demo")
     assert [e["epoch"] for e in record["epochs"]] == [0, 1, 2, 3]
     assert [e["step"] for e in record["epochs"]] == [3, 6, 9, 12]

@@ -93,6 +93,13 @@ class _LightningLoader(Loader):
     iterator class); tests/test_internals_data.py fails when FFCV's changes."""
 
     _epoch: _StoppableEpoch | None = None
+    _skip = 0  # batches at the start of the next epoch that are not read (a mid-epoch resume)
+
+    def skip_batches(self, batches: int) -> None:
+        """Start the next epoch `batches` batches in, without reading or decoding them: a run
+        resumed mid-epoch (`resnext_lit.training.resume.ExactResume`) already trained on them.
+        The epoch's order is FFCV's own, sliced, so the rest is what it would have been."""
+        self._skip = batches
 
     def __iter__(self):
         if self._epoch is not None:
@@ -102,7 +109,8 @@ class _LightningLoader(Loader):
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        self._epoch = _StoppableEpoch(self, order[:len(self) * self.batch_size])
+        skip, self._skip = self._skip * self.batch_size, 0
+        self._epoch = _StoppableEpoch(self, order[skip:len(self) * self.batch_size])
         return self._epoch
 
 

@@ -13,9 +13,10 @@ effective recipe is dataset, recipe, network, form, blurpool, stage, planned epo
 batch, train and val resolution and val crop ratio; a value a record lacks is None, and None
 matches only None (a record older than its `dataset` key is on the data its network is
 registered on, `models.dataset_of`). When one (dataset, recipe, network) holds several recipes,
-the cell is the one with the most planned epochs (a smoke run is shorter than the real recipe),
-then the most finished runs, then `fit` over `validate`, then the most runs; the others are kept
-apart, each naming how it differs ("epochs 2 (cell: 100)").
+the cell is the one trained at the recipe's own global batch (`global_batch_size`, as the
+recipe states it), then the one with the most planned epochs (a smoke run is shorter than the
+real recipe), then the most finished runs, then `fit` over `validate`, then the most runs; the
+others are kept apart, each naming how it differs ("epochs 2 (cell: 100)").
 """
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def summarize(record: dict, metric: str = "final") -> dict:
             "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
             "form": model.get("form"), "blurpool": bool(model.get("blurpool")),
             "epochs": record.get("max_epochs") or trainer.get("max_epochs") or len(history),
-            "global_batch": scale.get("global_batch"), "train_res": resolution.get("train"),
+            "global_batch": scale.get("global_batch"),
+            "recipe_batch": config.get("global_batch_size"),  # the recipe's stated batch
+            "train_res": resolution.get("train"),
             "train_res_final": resolution.get("train_final"), "val_res": resolution.get("val"),
             # Rounded: 224/256 computed two ways must still be one recipe.
             "val_crop_ratio": None if crop is None else round(crop, 4),
@@ -87,8 +90,10 @@ def choose_cell(name: str, where: dict, runs: list[dict]) -> Cell:
 
 
 def _rank(group: list[dict]) -> tuple:
-    return (group[0]["epochs"] or 0, sum(r["status"] == "finished" for r in group),
-            group[0]["stage"] == "fit", len(group))
+    first = group[0]
+    own_batch = first["global_batch"] == first["recipe_batch"] is not None
+    return (own_batch, first["epochs"] or 0, sum(r["status"] == "finished" for r in group),
+            first["stage"] == "fit", len(group))
 
 
 def picker(by: dict[tuple, list[dict]], recipe: str, placed: set[int]):
@@ -128,6 +133,8 @@ def describe(s: dict) -> str:
     text = f"form ({_show(s['form'])}), {_show(s['epochs'])} epochs, " \
            f"global batch {_show(s['global_batch'])}, {res}"
     text += ", blurpool" if s.get("blurpool") else ""
+    if s["stage"] not in ("fit", "validate"):
+        text += f", {s['stage']}"  # e.g. "W&B piece": a W&B run that may be part of a run
     return text + (", evaluated by `validate`" if s["stage"] == "validate" else "")
 
 

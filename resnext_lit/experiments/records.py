@@ -22,7 +22,21 @@ def load_local(runs_dir: str | Path) -> list[dict]:
     if not paths:
         raise UserError(f"no results.json under {root}: train with `python -m resnext_lit fit` "
                         "or run a sweep first")
-    return [_read_record(p) for p in sorted(paths)]
+    return one_per_run([_read_record(p) for p in sorted(paths)])
+
+
+def one_per_run(records: list[dict]) -> list[dict]:
+    """Each run once: of records with one run id (a run folder copied elsewhere), the one that
+    got furthest. Records from before run ids are each their own run (one folder each)."""
+    by_id: dict[str, dict] = {}
+    others = []
+    for record in records:
+        run_id = (record.get("run") or {}).get("id")
+        if run_id is None:
+            others.append(record)
+        elif len(record.get("epochs") or []) >= len(by_id.get(run_id, {}).get("epochs") or []):
+            by_id[run_id] = record
+    return others + list(by_id.values())
 
 
 def _read_record(path: Path) -> dict:
@@ -48,7 +62,13 @@ def record_from_wandb(run) -> dict:
     state = {"finished": "finished", "running": "running", "killed": "interrupted"}
     model_keys = ("depth", "cardinality", "bottleneck_width", "form", "stem", "num_classes",
                   "params", "macs", "image_size")
-    return {"status": state.get(run.state, "failed"), "stage": config.get("stage"),
+    # A run logged before run ids gave its W&B run a new id at every resume: such a W&B run may
+    # be one piece of a run, so it is never a seed of a cell (shown apart, as its own stage).
+    run_id, stage = config.get("run_id"), config.get("stage")
+    if run_id is None and stage in (None, "fit"):
+        stage = "W&B piece"
+    return {"status": state.get(run.state, "failed"), "stage": stage,
+            "run": {"id": run_id, "name": config.get("run_name")} if run_id else None,
             "arch": config.get("arch"), "model": {k: config.get(k) for k in model_keys},
             "dataset": config.get("dataset"), "recipe": config.get("recipe"),
             "seed": config.get("seed_everything"), "config": config,
@@ -78,4 +98,4 @@ def load_wandb(sweep_path: str) -> list[dict]:  # needs a W&B server; not testab
     if not has_credentials(url) or not reachable(url):  # fail in one line, not after retries
         raise UserError(f"--sweep needs W&B credentials and {url}; use --runs offline")
     sweep = wandb.Api(timeout=30).sweep(sweep_path)
-    return [record_from_wandb(run) for run in sweep.runs]
+    return one_per_run([record_from_wandb(run) for run in sweep.runs])

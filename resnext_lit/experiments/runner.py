@@ -10,17 +10,19 @@ N=4 give 2 each, or `--devices-per-run K`. The commands stay as they are, so the
 `trainer.devices` counts inside the slice: `1` uses its first GPU, `-1` or `auto` all of it (DDP
 within the slice, on a MASTER_PORT of its own), more than the slice fails that run with
 Lightning's message. Without GPUs the N runs share the CPU cores: each gets OMP_NUM_THREADS =
-cores // N unless that is set. Runs start one at a time, each once the one before has written
-its results.json: Lightning numbers run folders (version_N) by listing them, so two runs starting
-together would share one; this also tells which record is whose. Only the runner writes
-state.json, and only one runner per sweep at a time (a lock file).
+cores // N unless that is set. Each grid point's run is named by the runner (`--run_root
+<sweep folder> --run_name <point> --run_id <id>`, `resnext_lit.run_identity`), so it lives in
+`<sweep folder>/<point>/<id>/` and runs start together without waiting for one another. Only
+the runner writes state.json (which keeps each point's run id), and only one runner per sweep
+at a time (a lock file).
 
 Ctrl-C or SIGTERM to the runner sends SIGTERM to every run (each saves last.ckpt and records
 itself interrupted: `resnext_lit.training.preemption`), waits up to --stop-timeout seconds, kills
 what is left and exits with 128 + the signal; a second Ctrl-C kills at once. The runs live in
 process groups of their own, so a terminal's Ctrl-C reaches them only through the runner, once,
-and nothing of a run (loader workers, DDP ranks) outlives it. Finished runs stay finished; the
-interrupted ones run again next time, from the start (their commands have no --ckpt_path).
+and nothing of a run (loader workers, DDP ranks) outlives it. Finished runs stay finished; an
+interrupted run resumes next time from its last.ckpt (same id, folder and W&B run); a failed
+one starts over as a new run.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import IO
 
 from ..atomic import write_json_atomic
 from ..errors import UserError
+from ..run_identity import new_run_id
 
 SYNC_LINE = re.compile(r"wandb sync (\S+?)`")
 POLL_S = 0.5  # how often the runner looks at its runs (exits, new records, signals)
@@ -49,13 +52,6 @@ POLL_S = 0.5  # how often the runner looks at its runs (exits, new records, sign
 # write last.ckpt.
 STOP_TIMEOUT_S = 120.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-NO_RECORD_NOTICE_S = 600  # a run without a results.json by then holds up the next starts
-
-
-def find_records(runs_dir: Path, skip: Path) -> set[Path]:
-    """The training records under `runs_dir`, outside `skip` (the sweeps' own folders)."""
-    return {p.resolve() for p in runs_dir.rglob("results.json")
-            if skip not in p.parents and not p.is_symlink()}
 
 
 def visible_gpus() -> list[str]:
@@ -156,21 +152,18 @@ class _StopRuns:
 
 @dataclass
 class _Run:
-    """One launched run: its process, its place, and its results.json once that appeared."""
+    """One launched run: its process, its place (`slot`) and its start."""
 
     entry: dict
     tag: str             # "[3/40]"
     slot: int
     proc: subprocess.Popen
     log: IO
-    known: set[Path]     # the training records that existed before it started
     start: float
-    record: Path | None = None
-    noticed: bool = False  # that it has no record yet, holding the next runs back
 
 
-def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path, root: Path,
-            env: dict, stop_timeout: float, save) -> tuple[int, int | None]:
+def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path, env: dict,
+            stop_timeout: float, save) -> tuple[int, int | None]:
     """Run `todo`, len(slots) at a time (`slots`, `threads`: see `_start`); `save()` writes
     the state after every change.
     Returns how many runs did not finish, and the signal that stopped the sweep (or None)."""
@@ -179,18 +172,16 @@ def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path,
         try:
             while running or (queue and not stop.signum):
                 stop.act(running, stop_timeout)
-                if queue and free and not stop.signum and all(r.record for r in running):
+                while queue and free and not stop.signum:
                     n, entry = queue.pop(0)
                     slot = free.pop(0)
                     running.append(_start(entry, f"[{n}/{len(todo)}]", slot, slots[slot],
-                                          threads, sweep_dir / entry["folder"], root, env))
+                                          threads, sweep_dir, env))
                     save()
-                for run in running:
-                    _look_for_record(run, root)
                 for run in [r for r in running if r.proc.poll() is not None]:
                     running.remove(run)
                     free.append(run.slot)
-                    failures += not _finish(run, sweep_dir, root, stopped=bool(stop.signum))
+                    failures += not _finish(run, sweep_dir, stopped=bool(stop.signum))
                     save()
                 time.sleep(POLL_S)
         finally:
@@ -201,13 +192,18 @@ def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path,
 
 
 def _start(entry: dict, tag: str, slot: int, gpus: list[str] | None, threads: int | None,
-           run_dir: Path, root: Path, env: dict) -> _Run:
+           sweep_dir: Path, env: dict) -> _Run:
     """Launch one run on `gpus` (its CUDA_VISIBLE_DEVICES; None: the runner's) with `threads`
     CPU threads (OMP_NUM_THREADS; None: the runner's); its console output goes to
-    `run_dir/output.log`."""
+    `<point>/output.log`. An interrupted run resumes (its id again), any other starts anew."""
+    run_dir = sweep_dir / entry["folder"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").unlink(missing_ok=True)
-    known = find_records(root, root / "sweeps")
+    (run_dir / "results.json").unlink(missing_ok=True)  # a previous attempt's failure note
+    resume = entry.get("status") == "interrupted" and entry.get("run_id")
+    if not resume:
+        entry["run_id"] = new_run_id()
+    argv = entry["argv"] + (["--run_root", str(sweep_dir), "--run_name", entry["folder"],
+                             "--run_id", entry["run_id"]] if entry.get("ours") else [])
     extra = {}  # what this run's environment adds to the runner's, recorded in state.json
     if gpus is not None:
         extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -215,11 +211,11 @@ def _start(entry: dict, tag: str, slot: int, gpus: list[str] | None, threads: in
             extra["MASTER_PORT"] = str(_free_port())
     if threads:
         extra["OMP_NUM_THREADS"] = str(threads)
-    log = open(run_dir / "output.log", "w")
-    log.write(f"$ {shlex.join([f'{k}={v}' for k, v in extra.items()] + entry['argv'])}\n")
+    log = open(run_dir / "output.log", "a" if resume else "w")  # a resumed run's log goes on
+    log.write(f"$ {shlex.join([f'{k}={v}' for k, v in extra.items()] + argv)}\n")
     log.flush()
     # A session, so a process group, of its own (see the module docstring), without stdin.
-    proc = subprocess.Popen(entry["argv"], stdin=subprocess.DEVNULL, stdout=log,
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, env={**env, **extra},
                             start_new_session=True)
     for key in ("returncode", "ended", "wall_s", "results", "wandb_dir"):
@@ -227,33 +223,13 @@ def _start(entry: dict, tag: str, slot: int, gpus: list[str] | None, threads: in
     entry.update(status="running", started=_now(), attempts=entry.get("attempts", 0) + 1,
                  pid=proc.pid, env=extra)
     where = f", CUDA_VISIBLE_DEVICES={extra['CUDA_VISIBLE_DEVICES']}" if gpus is not None else ""
-    print(f"{tag} {entry['folder']}: started, pid {proc.pid}{where}", flush=True)
-    return _Run(entry, tag, slot, proc, log, known, time.monotonic())
+    how = (f"resuming run {entry['run_id']} from its last.ckpt" if resume
+           else f"new run {entry['run_id']}" if entry.get("ours") else "started")
+    print(f"{tag} {entry['folder']}: {how}, pid {proc.pid}{where}", flush=True)
+    return _Run(entry, tag, slot, proc, log, time.monotonic())
 
 
-def _look_for_record(run: _Run, root: Path) -> None:
-    """Until it has one, look for the run's record; say so if that takes unusually long."""
-    if run.record:
-        return
-    run.record = _new_record(run, root)
-    if not run.record and not run.noticed and time.monotonic() - run.start > NO_RECORD_NOTICE_S:
-        print(f"{run.tag} {run.entry['folder']}: no results.json under {root} yet; the next "
-              "runs wait for it (does the recipe's logger save_dir lie inside --runs-dir?)",
-              flush=True)
-        run.noticed = True
-
-
-def _new_record(run: _Run, root: Path) -> Path | None:
-    """The run's results.json once it appeared: the one record new since the run started (one
-    run starts at a time); another process training meanwhile is told apart by arch."""
-    new = find_records(root, root / "sweeps") - run.known
-    arch = run.entry["params"].get("model.arch")
-    if len(new) > 1 and arch:
-        new = {p for p in new if json.loads(p.read_text()).get("arch") == arch}
-    return new.pop() if len(new) == 1 else None
-
-
-def _finish(run: _Run, sweep_dir: Path, root: Path, stopped: bool) -> bool:
+def _finish(run: _Run, sweep_dir: Path, stopped: bool) -> bool:
     """Record a run that ended; True if it finished."""
     with suppress(ProcessLookupError):  # what is left of it: loader workers, DDP ranks
         os.killpg(run.proc.pid, signal.SIGKILL)
@@ -261,7 +237,8 @@ def _finish(run: _Run, sweep_dir: Path, root: Path, stopped: bool) -> bool:
     entry, run_dir = run.entry, sweep_dir / run.entry["folder"]
     entry.update(returncode=run.proc.returncode, ended=_now(),
                  wall_s=round(time.monotonic() - run.start, 1))
-    _collect(entry, run_dir, run.record or _new_record(run, root), stopped)
+    record = run_dir / entry["run_id"] / "results.json" if entry.get("ours") else None
+    _collect(entry, run_dir, record if record and record.exists() else None, stopped)
     print(f"{run.tag} {entry['folder']}: {_summary(entry, run_dir)}", flush=True)
     return entry["status"] == "finished"
 
@@ -278,14 +255,13 @@ def _now() -> str:
 
 
 def _collect(entry: dict, run_dir: Path, record_path: Path | None, stopped: bool) -> None:
-    """Link the run's own results.json into its sweep folder, or record why there is none.
+    """Note the run's own results.json (`<point>/<id>/`), or record why there is none.
     `stopped`: the runner stopped it, so unless it finished it was interrupted."""
     log = (run_dir / "output.log").read_text(errors="replace")
     sync = SYNC_LINE.findall(log)
     entry["wandb_dir"] = sync[-1] if sync else None
     record = json.loads(record_path.read_text()) if record_path else None
     if record_path:
-        (run_dir / "results.json").symlink_to(os.path.relpath(record_path, run_dir))
         entry["results"] = str(record_path)
     if entry["returncode"] == 0 and record and record.get("status") == "finished":
         entry["status"] = "finished"
@@ -297,8 +273,7 @@ def _collect(entry: dict, run_dir: Path, record_path: Path | None, stopped: bool
         lines = [line for line in log.splitlines()[1:] if line.strip()]  # after the "$ argv"
         error = lines[-1] if lines else None
         if entry["returncode"] == 0:
-            error = ("exit 0 but no new results.json under --runs-dir: does the recipe's "
-                     "logger save_dir lie inside it?")
+            error = "exit 0 but no results.json in the run's folder"
         write_json_atomic(run_dir / "results.json", {
             "status": entry["status"], "arch": entry["params"].get("model.arch"),
             "sweep_params": entry["params"], "returncode": entry["returncode"],

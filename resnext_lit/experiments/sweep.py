@@ -11,9 +11,10 @@ own sweep engine (`sweeps`), and each run is launched as `wandb agent` launches 
 `command` list with `${args}` expanded by wandb's own `create_sweep_command_args`
 (`--model.arch=resnext50_32x4d`), as an argv list, never through a shell, and with W&B offline
 (`wandb sync` uploads the runs later). Progress is kept in `<runs-dir>/sweeps/<name>/state.json`
-(rewritten atomically); a restarted sweep skips the runs that finished. Each run gets a folder
-there with its console output and its `results.json` (a link to the training's own record, or
-a record of the failure), so `table --runs <that folder>` reads exactly this sweep.
+(rewritten atomically); a restarted sweep skips the runs that finished and resumes the ones that
+were interrupted. Each grid point gets a folder there with its console output and its run
+(`<point>/<run id>/`: checkpoints, metrics.csv, results.json, wandb/), or a results.json that
+records why it has none, so `table --runs <that folder>` reads exactly this sweep.
 
 `--parallel N` runs N grid points at once, each on its own slice of the GPUs; Ctrl-C stops
 them all. How runs are launched, share the machine and are stopped:
@@ -102,8 +103,7 @@ def agent_argv(config: dict, params: dict, allow_any_command: bool = False) -> l
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     template = [str(c) for c in config.get("command") or AGENT_DEFAULT_COMMAND]
-    body = template[1:] if template[:1] == ["${env}"] else template
-    if not allow_any_command and body[:3] != ["${interpreter}", *OUR_CLI]:
+    if not allow_any_command and not is_our_cli(config):
         raise UserError(f"command {' '.join(template)!r} does not start this project's CLI "
                         "(${interpreter} -m resnext_lit ...); pass --allow-any-command to run "
                         "it anyway")
@@ -121,6 +121,13 @@ def agent_argv(config: dict, params: dict, allow_any_command: bool = False) -> l
         else:
             argv.append(token)
     return argv
+
+
+def is_our_cli(config: dict) -> bool:
+    """Does the sweep's command start this project's CLI (so it takes --run_root/name/id)?"""
+    template = [str(c) for c in config.get("command") or AGENT_DEFAULT_COMMAND]
+    body = template[1:] if template[:1] == ["${env}"] else template
+    return body[:3] == ["${interpreter}", *OUR_CLI]
 
 
 def run_key(params: dict) -> str:
@@ -164,6 +171,7 @@ def run_sweep(path: str, runs_dir: str = "runs", count: int | None = None, dry_r
             entry = state["runs"].setdefault(key, {"folder": run_folder_name(i, params),
                                                    "params": params, "status": "pending"})
             entry["argv"] = agent_argv(config, params, allow_any_command)
+            entry["ours"] = is_our_cli(config)  # then the runner names its runs
             plan[key] = entry
         plan = list(plan.values())
         todo = [e for e in plan if e["status"] != "finished"][:count]
@@ -179,13 +187,14 @@ def run_sweep(path: str, runs_dir: str = "runs", count: int | None = None, dry_r
         env = dict(os.environ)
         if not online:
             env["WANDB_MODE"] = "offline"
-        failures, signum = run_all(todo, slots, threads, sweep_dir, root, env, stop_timeout,
+        failures, signum = run_all(todo, slots, threads, sweep_dir, env, stop_timeout,
                                    save=lambda: write_json_atomic(state_path, state))
     offline = [e["wandb_dir"] for e in plan if e.get("wandb_dir")]
     if offline and not online:
         print(f"W&B runs are offline; upload them with: wandb sync {' '.join(offline)}")
     if signum:
-        print(f"stopped by {signal.Signals(signum).name}; run the same command again to continue")
+        print(f"stopped by {signal.Signals(signum).name}; run the same command again to continue "
+              "(interrupted runs resume from their last.ckpt)")
         return 128 + signum
     return 1 if failures else 0
 
@@ -197,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, help="launch at most this many runs now")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, launch none")
     parser.add_argument("--runs-dir", default="runs",
-                        help="where the recipes write their runs; the sweep's state and run "
-                             "folders go to <runs-dir>/sweeps/<name> (default: runs)")
+                        help="the sweep's state and its runs go to <runs-dir>/sweeps/<name> "
+                             "(default: runs)")
     parser.add_argument("--online", action="store_true",
                         help="let W&B try online (default: WANDB_MODE=offline)")
     parser.add_argument("--allow-any-command", action="store_true",

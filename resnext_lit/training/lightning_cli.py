@@ -21,17 +21,19 @@ from pathlib import Path
 from jsonargparse import ArgumentError
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from ..errors import UserError
 from ..models.registry import OVERRIDES, model_config
+from ..run_identity import setting_difference, setting_of
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, check_checkpoint, use_atomic_checkpoints
 from .data_wait import DataWait
 from .nonfinite import NonFiniteError
 from .preemption import Preempted, Preemption
 from .progress import LogStepProgressBar
 from .record_writer import RecordWriter
-from .resume import ExactResume, resume_last, resume_requeued_slurm_job
+from .resume import ExactResume
+from .run import announce, forget_run, which_run
 from .schedules import check_schedule
 
 RUNS_DIR = "runs"
@@ -60,6 +62,16 @@ class ResNeXtCLI(LightningCLI):
                             help="images per optimiser step over all devices (the paper's "
                                  "batch); sets data.batch_size = global / (devices x nodes x "
                                  "accumulate_grad_batches)")
+        # The run's identity (`resnext_lit.run_identity`): its folder is run_root/run_name/run_id,
+        # and the loggers (CSV version, W&B name and id) are set from these three.
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="names the run's folder and its W&B run (default: the recipe, "
+                                 "the first --config file's name)")
+        parser.add_argument("--run_id", type=str | None, default=None,
+                            help="the run to resume or start (default: a new id, or the run "
+                                 "--ckpt_path names)")
+        parser.add_argument("--run_root", type=str, default=RUNS_DIR,
+                            help="where runs live: <run_root>/<run_name>/<run_id>/")
         parser.add_argument("--paper_batch_per_device", type=PositiveInt | None, default=None,
                             help="the paper's per-GPU batch (its BatchNorm batch), to say when "
                                  "ours differs")
@@ -81,6 +93,8 @@ class ResNeXtCLI(LightningCLI):
         if sub == "fit" and not trainer.get("fast_dev_run"):
             check_schedule(model.schedule, trainer.get("max_epochs") or DEFAULT_MAX_EPOCHS,
                            model.milestones, model.warmup_epochs, model.peak_epoch)
+        self.run = which_run(config, sub or "fit")
+
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the model's hparams from a --ckpt_path file here: check the file first
@@ -108,6 +122,14 @@ class ResNeXtCLI(LightningCLI):
         replaced = [f"model.{key}={config.model[key]!r} (not {value!r})"
                     for key, value in given.items() if value is not None
                     and key in config.model and config.model[key] != value]
+        if sub == "fit" and path:
+            # Continuing a run of another network would train the file's network under this
+            # command's name (or fail on the first tensor): refuse before anything is written.
+            theirs = setting_of(dict(config.model), None, None, None)["network"]
+            mine = setting_of(given, None, None, None)["network"]
+            if theirs != mine:
+                raise UserError(f"--ckpt_path {path} holds another network: "
+                                f"{setting_difference(mine, theirs)}")
         if replaced:
             print(f"warning: --ckpt_path {path} builds the model from its own hyperparameters: "
                   f"{', '.join(replaced)}", file=sys.stderr)
@@ -152,10 +174,6 @@ class ResNeXtCLI(LightningCLI):
             import torch
 
             config.trainer.benchmark = torch.cuda.is_available()
-        if self.subcommand == "fit" and config.get("ckpt_path") is None:
-            resume_requeued_slurm_job(config)
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            resume_last(config)
         if config.get("ckpt_path") and config.model.get("weights"):
             # The checkpoint's network is restored after the model is built: loading the file
             # would be overwritten (and a resumed run must not need the file any more).
@@ -196,12 +214,29 @@ class ResNeXtCLI(LightningCLI):
         paths = config.get("config") or []
         recipe = Path(str(paths[0])).stem if paths else None  # the first --config is the recipe
         plain = _plain(config)
+        if self.trainer.is_global_zero:  # after every check of the input: bad input is one line
+            announce(self.run)
+        run = {"id": self.run.id, "name": self.run.name}
         for callback in self.trainer.callbacks:
             if isinstance(callback, RecordWriter):
                 callback.config, callback.recipe = plain, recipe
+                callback.run, callback.setting = run, self.run.setting
         # W&B fixes a run's group when it starts, so name it before the run starts.
         describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain,
-                     stage=self.subcommand)
+                     stage=self.subcommand, run=run)
+
+
+class SaveConfigAfterRestore(SaveConfigCallback):
+    """Lightning's config.yaml writer, which in `fit` writes once the checkpoint is restored
+    (`on_fit_start`) rather than at setup: a resume refused while restoring (another world
+    size mid-epoch) leaves the run's folder exactly as it was."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")
 
 
 def _bf16_where_supported(trainer_config) -> None:
@@ -252,6 +287,8 @@ def run_cli(args: list[str] | None) -> int:
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        forget_run()
     return 0
 
 
@@ -264,9 +301,8 @@ def _lightning_cli(args: list[str] | None) -> None:
         ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
         trainer_defaults={
             "default_root_dir": RUNS_DIR,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": RUNS_DIR, "name": "default"}}},
-        save_config_kwargs={"overwrite": True},
+            "logger": {"class_path": "resnext_lit.training.csv_logger.CSVLogger"}},
+        save_config_callback=SaveConfigAfterRestore, save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.
         parser_kwargs={"exit_on_error": False,
                        **{sub: {"exit_on_error": False} for sub in LightningCLI.subcommands()}},

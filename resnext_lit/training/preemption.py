@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..errors import UserError
 from .checkpoints import save_last
 from .resume import next_epoch
+from .run import RUN_ID_ENV
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # How often, under DDP, the ranks agree on whether a signal arrived (one sync, one collective).
@@ -161,7 +162,7 @@ class Preemption(Callback):
         if isinstance(env, SLURMEnvironment) and env.auto_requeue and signum == env.requeue_signal:
             then = slurm_requeue() if trainer.is_global_zero else "requeued by rank 0"
         else:
-            then = "resume with the same command plus --ckpt_path last"
+            then = f"resume with the same command plus --run_id {os.environ.get(RUN_ID_ENV)}"
         self._trainer, self._stopping = None, True
         raise Preempted(signum, f"stopped by {name} at {where}: saved {path}; {then}")
 

@@ -15,7 +15,6 @@ run (e.g. Table 5's 320 px test of a checkpoint) writes a record too, with `"sta
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..atomic import write_json_atomic
 from ..facts import dataset_name, environment, network_facts, resolution
 from ..models import ResNeXt
+from ..run_identity import slurm_job_key
 from .scale import run_scale
 
 METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
@@ -45,11 +45,13 @@ class RecordWriter(Checkpoint):
         self.filename = filename
         self.config: dict = {}      # the resolved CLI config, set by the CLI
         self.recipe: str | None = None
+        self.run: dict = {}         # {"id", "name"} and the run's setting, set by the CLI
+        self.setting: dict | None = None
         self.record: dict = {}
 
     def state_dict(self) -> dict:
         return {"epochs": self.record.get("epochs", []),
-                "wall_time_s": self.record.get("wall_time_s", 0.0)}
+                "wall_time_s": self.record.get("wall_time_s", 0.0), "run": self.run}
 
     def load_state_dict(self, state: dict) -> None:
         self._restored = state  # a resumed run keeps its earlier epochs and time
@@ -89,6 +91,7 @@ class RecordWriter(Checkpoint):
             "status": "running", "stage": stage, "arch": pl_module.hparams.arch,
             "model": network_facts(meta, size),
             "dataset": dataset_name(data, pl_module.hparams.num_classes),
+            "run": self.run, "setting": self.setting,
             "recipe": self.recipe, "seed": self.config.get("seed_everything"),
             "config": self.config, "max_epochs": trainer.max_epochs,
             "scale": run_scale(trainer, data, pl_module.hparams.lr)
@@ -96,7 +99,7 @@ class RecordWriter(Checkpoint):
             "resolution": resolution(data, trainer),
             "epochs": [], "best": None, "final": None, "wall_time_s": 0.0,
             "images_per_s": None, "world_size": trainer.world_size,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # finds the run after a requeue
+            "slurm_job": slurm_job_key(),  # a requeued job finds its run by it
             "hardware": hardware, "versions": versions}
 
     def on_validation_start(self, trainer, pl_module) -> None:

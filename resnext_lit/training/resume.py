@@ -1,14 +1,11 @@
-"""Resume, in one place: which run a command continues, and that it continues it exactly.
+"""Resume exactly: a resumed run sees the data the uninterrupted one would have.
 
     python -m resnext_lit fit --config configs/demo.yaml --ckpt_path last   # the newest run
     sbatch scripts/slurm_train.sbatch ...     # requeued, the job continues its own run
 
-- Which run: `resume_last` turns `fit --ckpt_path last` into the newest run folder of the
-  logger's name that holds a `last.ckpt`, so the run continues in its own folder (Lightning
-  would start a new `version_N` and find nothing); `resume_requeued_slurm_job` sends a requeued
-  SLURM job (same SLURM_JOB_ID, SLURM_RESTART_COUNT >= 1) back to the folder whose
-  `results.json` records its job id (`requeued_version`). Both run in the CLI's
-  `before_instantiate_classes`, before any folder is written.
+- Which run a command continues (its folder, checkpoint, record and W&B run) is decided
+  before anything starts: `resnext_lit.run_identity` (the rules) and
+  `resnext_lit.training.run` (the CLI's side).
 - Exactly: `ExactResume` (a callback, `builtins.exact_resume`) seeds epoch e's data order and
   augmentations from (seed, e, rank), and a run resumed mid-epoch skips the batches it already
   trained on, so the resumed run sees the batches the uninterrupted run would have (bit-exact on
@@ -20,12 +17,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,77 +27,6 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from ..errors import UserError
-from .checkpoints import check_checkpoint
-
-
-def _run_logger_args(config):
-    """init_args of the logger that owns the run folder (the first, e.g. CSV before W&B), when
-    the run's version is still to be chosen."""
-    logger = config.trainer.get("logger")
-    if isinstance(logger, list):  # e.g. CSV + W&B (configs/logger/wandb.yaml)
-        logger = logger[0] if logger else None
-    init = getattr(logger, "init_args", None)
-    if init is None or init.get("version") is not None or "save_dir" not in init:
-        return None
-    return init
-
-
-def _runs_of(init) -> Path:
-    """The folder holding this run name's `version_N` folders, as Lightning's loggers name it."""
-    return Path(init.save_dir) / (init.get("name") or "lightning_logs")
-
-
-def resume_requeued_slurm_job(config) -> None:
-    """A requeued SLURM job reruns its script unchanged: continue the run it had started."""
-    init = _run_logger_args(config)
-    if init is None:
-        return
-    root = _runs_of(init)
-    version = requeued_version(root)
-    if version is not None:
-        print(f"SLURM job {os.environ['SLURM_JOB_ID']} restarted: resuming "
-              f"{root}/version_{version}", file=sys.stderr)
-        config.ckpt_path = "last"
-
-
-def resume_last(config) -> None:
-    """`fit --ckpt_path last` continues the newest run of this name in its own folder.
-
-    Lightning looks for `last.ckpt` in the logger's folder, and a new run would get a new
-    version folder (so it would find nothing and silently start from scratch).
-    """
-    init = _run_logger_args(config)
-    if init is None:
-        return
-    root = _runs_of(init)
-    versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    resumable = [v for v in versions if (v / "checkpoints" / "last.ckpt").exists()]
-    if not resumable:
-        raise UserError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints")
-    latest = resumable[-1]
-    init.version = int(latest.name.split("_")[1])
-    check_checkpoint(latest / "checkpoints" / "last.ckpt", config.get("weights_only") is not False)
-
-
-
-def requeued_version(root: Path) -> int | None:
-    """The version folder under `root` that this requeued SLURM job wrote, if it left a last.ckpt.
-
-    SLURM reruns a requeued job's script unchanged (same SLURM_JOB_ID, SLURM_RESTART_COUNT >= 1);
-    results.json records the job id, so the rerun finds its run without `--ckpt_path last`.
-    """
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
-        return None
-    found = []
-    for record in root.glob("version_*/results.json"):
-        try:
-            mine = json.loads(record.read_text()).get("slurm_job_id") == job
-        except (OSError, ValueError):
-            continue
-        if mine and (record.parent / "checkpoints" / "last.ckpt").exists():
-            found.append(int(record.parent.name.split("_")[1]))
-    return max(found, default=None)
 
 
 def _set_sampler_epoch(loader, epoch: int) -> None:
@@ -125,6 +48,29 @@ def next_epoch(trainer) -> int:
     return trainer.current_epoch + int(done)
 
 
+def _global_batch(trainer) -> int | None:
+    per_device = getattr(trainer.datamodule, "batch_size", None)
+    if per_device is None:
+        return None
+    return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def _check_same_order(state: dict, trainer) -> None:
+    """A mid-epoch checkpoint resumes only where the epoch's remaining images are the ones the
+    saved run had not seen (see `ExactResume`); else one line, before anything is written."""
+    saved, now = state.get("world_size"), trainer.world_size
+    if not state.get("batches_done") or saved in (None, now):
+        return
+    if saved > 1 and now > 1 and state.get("global_batch") == _global_batch(trainer):
+        return
+    raise UserError(
+        f"this checkpoint was saved {state['batches_done']} steps into epoch {state['epoch']} "
+        f"by {saved} process(es) (global batch {state.get('global_batch')}); on {now} "
+        f"(global batch {_global_batch(trainer)}) the rest of that epoch would be other images: "
+        f"resume on {saved} process(es), or from an epoch's end, or with "
+        "--builtins.exact_resume null to accept another order")
+
+
 # -- exact resume --------------------------------------------------------------------------
 class ExactResume(Callback):
     """Make a resumed run see the data the uninterrupted one would have.
@@ -133,9 +79,16 @@ class ExactResume(Callback):
       data iterator exists, so data order and augmentations depend on the epoch, not on history.
       The seed is `seed_everything`'s (PL_GLOBAL_SEED), kept in the checkpoint; without one,
       nothing is reseeded. The rank keeps DDP ranks' augmentations apart.
-    - Resuming mid-epoch, draws and drops the batches already trained: Lightning 2.6 restarts a
-      plain DataLoader (or FFCV Loader) at its first batch and stops it early instead. Costs
-      loading those batches (no compute). Loaders with their own state_dict are left to Lightning.
+    - Resuming mid-epoch, skips the batches already trained: Lightning 2.6 restarts a plain
+      DataLoader (or FFCV Loader) at its first batch and stops it early instead. Our FFCV
+      loaders start the epoch's order that far in (nothing read or decoded); a DataLoader's
+      batches are drawn and dropped (loading, no compute). Loaders with their own state_dict
+      are left to Lightning.
+    - Another world size mid-epoch: step s of an epoch trains images [s*B, (s+1)*B) of one
+      permutation on any number of DistributedSampler ranks (rank r takes every W-th, B/W per
+      step), so a run saved on W > 1 processes resumes exactly on any W' > 1 with the same
+      global batch B. One process draws another order (FFCV's own shuffle, a RandomSampler):
+      from or to one process, a mid-epoch checkpoint is refused in one line.
     """
 
     def __init__(self):
@@ -152,10 +105,16 @@ class ExactResume(Callback):
             self._reseed(trainer, 0)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": next_epoch(self._trainer)}
+        trainer = self._trainer
+        epoch = next_epoch(trainer)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"seed": self.seed, "epoch": epoch, "world_size": trainer.world_size,
+                "global_batch": _global_batch(trainer),
+                "batches_done": done if epoch == trainer.current_epoch else 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]  # the run's own, whatever seed this process was given
+        _check_same_order(state, self._trainer)
         self._reseed(self._trainer, state["epoch"])
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -177,19 +136,24 @@ class ExactResume(Callback):
         # Lightning's fetcher and combined loader (private, checked against lightning 2.6.6;
         # tests/test_internals.py and the resume tests fail if they change): iter() makes the
         # loaders' iterators again; a sized loader's fetcher fetches nothing ahead.
-        fetcher = loop._data_fetcher
+        fetcher, flat = loop._data_fetcher, loop._combined_loader.flattened
+        # Our FFCV loaders start the epoch `done` batches in without decoding them (an ImageNet
+        # epoch's worth of JPEGs on a late resume); other loaders draw them and drop them.
+        sliced = done and all(callable(getattr(dl, "skip_batches", None)) for dl in flat)
+        for loader in flat if sliced else ():
+            loader.skip_batches(done)
         iter(fetcher)
         if not done:
             return
-        stateful = all(hasattr(dl, "load_state_dict") for dl in loop._combined_loader.flattened)
-        if stateful:
-            return
-        if getattr(fetcher, "batches", None) or fetcher.length is None:
-            rank_zero_warn(f"resumed in the middle of epoch {epoch} without replaying its data "
-                           "order (unsized loader)")
-            return
-        for _ in range(done):
-            next(fetcher.iterator)
+        if not sliced:
+            if all(hasattr(dl, "load_state_dict") for dl in flat):
+                return  # stateful loaders: Lightning restores them
+            if getattr(fetcher, "batches", None) or fetcher.length is None:
+                rank_zero_warn(f"resumed in the middle of epoch {epoch} without replaying its "
+                               "data order (unsized loader)")
+                return
+            for _ in range(done):
+                next(fetcher.iterator)
         # Lightning then warns that this loader cannot resume mid-epoch; it just did.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
 

@@ -26,8 +26,10 @@ Lightning already restricts the run and all logging to global rank 0 under DDP.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
@@ -44,6 +46,7 @@ DEFAULT_PROJECT = "resnext-lit"
 # the probe and the offline restart, the worst case stays under 30 s.
 INIT_TIMEOUT_S = 12.0
 OFFLINE_MODES = ("offline", "dryrun")
+SUMMARY_MIN = ("val/top1_err", "val/top5_err")  # summarized as {"min", "last"} over the run
 
 
 def run_labels(arch: str, depth: int, cardinality: int, bottleneck_width: int, form: str,
@@ -90,7 +93,7 @@ def run_facts(arch: str, net_config: dict, image_size: int, recipe: str | None =
 
 
 def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
-                 config: dict | None = None, stage: str = "fit") -> None:
+                 config: dict | None = None, stage: str = "fit", run: dict | None = None) -> None:
     """Hand every `WandbLogger` of `trainer` the run's group, tags and config: the same facts
     as results.json (dataset, planned epochs, `scale`, `resolution`), so tables agree.
 
@@ -107,11 +110,22 @@ def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
         group, tags, facts = run_facts(module.hparams.arch, module.model.config, size, recipe,
                                        dataset)
         facts.update(stage=stage, max_epochs=trainer.max_epochs,
+                     run_id=(run or {}).get("id"), run_name=(run or {}).get("name"),
                      scale=run_scale(trainer, data, module.hparams.lr)
                      if getattr(data, "batch_size", None) else None,
                      resolution=resolution(data, trainer))
         for logger in loggers:
             logger.describe(group, tags, {**(config or {}), **facts}, facts)
+
+
+def _best_so_far(record_path: Path) -> dict[str, float]:
+    """The lowest SUMMARY_MIN values of a resumed run's earlier epochs (its results.json)."""
+    try:
+        epochs = json.loads(record_path.read_text()).get("epochs") or []
+    except (OSError, ValueError):
+        return {}
+    return {key: min(e[key] for e in epochs if key in e)
+            for key in SUMMARY_MIN if any(key in e for e in epochs)}
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -151,6 +165,7 @@ class WandbLogger(_LightningWandbLogger):
         self._user_labels = {"group": group, "tags": tags}
         self.mode: str | None = None  # "online", "offline" or "disabled" once started
         self._facts: dict | None = None  # arch, C, d, depth, params, MACs, ... of the run
+        self._best: dict[str, float] = {}  # SUMMARY_MIN's lowest values so far in the run
 
     def describe(self, group: str, tags: list[str], config: dict, facts: dict) -> None:
         """Set the run's group, tags and config; explicit `group`/`tags` arguments win."""
@@ -171,14 +186,25 @@ class WandbLogger(_LightningWandbLogger):
         if self._experiment is None and wandb.run is None and not hasattr(self, "_attach_id"):
             self._experiment = self._start()
             if getattr(self._experiment, "define_metric", None):
-                # Lightning's step axis (as its own logger sets up) and the paper's number:
-                # the lowest validation error, kept in the summary for tables and reports.
+                # Lightning's step axis, as its own logger sets up.
                 self._experiment.define_metric("trainer/global_step")
                 self._experiment.define_metric("*", step_metric="trainer/global_step",
                                                step_sync=True)
-                self._experiment.define_metric("val/top1_err", summary="min,last")
-                self._experiment.define_metric("val/top5_err", summary="min,last")
+            self._best = _best_so_far(Path(self.save_dir or ".") / "results.json")
         return super().experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        super().log_metrics(metrics, step)
+        # The paper's number, the lowest validation error, over the whole run: W&B's own
+        # `summary="min"` sees only this process's piece of a resumed run (an offline resume is
+        # a piece of its own until `wandb sync`), so the summary is set here, from the record's
+        # earlier epochs on.
+        for key in SUMMARY_MIN:
+            if key in metrics:
+                value = float(metrics[key])
+                self._best[key] = min(self._best.get(key, value), value)
+                self.experiment.summary[key] = {"min": self._best[key], "last": value}
 
     def _start(self):
         """`wandb.init`, online when that can work quickly, else offline, said in one line."""
