@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-pkgs=(pkg-config libturbojpeg0-dev libopencv-dev)
+# FFCV's build needs the first three; the suite's real SLURM cluster (tests/test_slurm.py) the last two.
+pkgs=(pkg-config libturbojpeg0-dev libopencv-dev slurm-wlm munge)
 stamp=".venv/.requirements-$(sha256sum requirements.txt | cut -c1-16)"
 log=.venv/setup.log
 TAIL_LINES=20
@@ -56,7 +57,7 @@ quiet() {
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then sudo=""
   elif sudo -n true 2>/dev/null; then sudo="sudo -n"
-  else echo "error: FFCV needs system packages ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2; exit 1
+  else echo "error: set-up needs system packages ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2; exit 1
   fi
   step "system packages (apt-get): ${missing[*]}"
   quiet $sudo apt-get update -q

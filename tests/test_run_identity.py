@@ -33,7 +33,6 @@ RUN = ["fit", "--config", DEMO, "--model.cardinality=2", "--model.bottleneck_wid
        f"--trainer.max_epochs={EPOCHS}", f"--trainer.limit_train_batches={STEPS}",
        "--trainer.limit_val_batches=1", "--data.init_args.batch_size=32"]
 TIMEOUT_S = 600
-pytestmark = pytest.mark.slow  # each test trains several tiny runs (10-40 s on 2 cores)
 
 
 def fit(cwd: Path, *args, env=None, base=RUN) -> subprocess.CompletedProcess:
@@ -108,6 +107,7 @@ def test_nothing_of_that_name_starts_fresh_and_settings_name_their_difference(tm
 
 
 # -- case 1: two networks under one name, and `--ckpt_path last` ---------------------------------
+@pytest.mark.slow  # trains tiny runs (10-40 s on 2 cores)
 def test_ckpt_path_last_resumes_the_run_of_this_setting_and_touches_no_other(tmp_path):
     stopped(tmp_path, 2)                                      # C=2, stopped in epoch 0
     ok(fit(tmp_path, "--model.cardinality=4"))                # C=4, newer, finished
@@ -133,6 +133,7 @@ def test_ckpt_path_last_resumes_the_run_of_this_setting_and_touches_no_other(tmp
 
 
 # -- case 7: --ckpt_path FILE continues the file's own run; another network is refused --------
+@pytest.mark.slow  # trains tiny runs (10-40 s on 2 cores)
 def test_ckpt_path_file_continues_its_own_folder_and_history(tmp_path):
     stopped(tmp_path, STEPS + 1)                              # epoch 0 done, stopped in epoch 1
     (run,) = runs(tmp_path / "runs/demo")
@@ -149,51 +150,39 @@ def test_ckpt_path_file_continues_its_own_folder_and_history(tmp_path):
     assert rec["status"] == "finished"
 
 
-# -- case 6: metrics.csv keeps every step once -----------------------------------------------------
-def test_metrics_csv_holds_the_whole_run_after_two_resumes(tmp_path):
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    ok(fit(whole))
-    (reference,) = runs(whole / "runs/demo")
-
-    pieces = tmp_path / "pieces"
-    pieces.mkdir()
-    stopped(pieces, 1)
-    (run,) = runs(pieces / "runs/demo")
-    stopped(pieces, STEPS + 1, "--run_id", run.name)
-    ok(fit(pieces, "--run_id", run.name))
-    assert runs(pieces / "runs/demo") == [run]
-    rows = metrics_rows(run)
-    assert rows == metrics_rows(reference)  # each step's rows once, in order
-    assert sum("val/top1_err" in keys for _, keys in rows) == EPOCHS
-    assert not list(run.glob("metrics.csv.*"))
-
-
 # -- case 2: a requeued SLURM job, while a run of the same name exists ----------------------
-def slurm(tmp: Path, job: str, restarts: int = 0, **extra) -> dict:
-    return run_env(tmp, SLURM_JOB_ID=job, SLURM_RESTART_COUNT=str(restarts),
-                   SLURM_JOB_NAME="bash", **extra)  # "bash": Lightning launches, not srun
+def test_a_requeued_slurm_job_resumes_its_own_run_only(tmp_path, monkeypatch):
+    """The rule, on run folders as training leaves them (tests/test_slurm.py runs it on a real
+    cluster, with a newer run of the same name beside it)."""
+    def run_folder(run_id: str, job: str, setting: dict) -> Path:
+        folder = tmp_path / "demo" / run_id
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+        (folder / "results.json").write_text(json.dumps({"slurm_job": job, "setting": setting,
+                                                         "run": {"id": run_id}}))
+        return folder
 
-
-def test_a_requeued_slurm_job_resumes_its_own_run_only(tmp_path):
-    stopped(tmp_path, 2, env=slurm(tmp_path, "100"))             # job 100, preempted
-    ok(fit(tmp_path, env=slurm(tmp_path, "200")))                 # job 200, same name, newer
-    mine, other = sorted(runs(tmp_path / "runs/demo"), key=lambda f: record(f)["slurm_job"])
-    assert record(mine)["slurm_job"] == "100" and record(other)["slurm_job"] == "200"
-    before = snapshot(other)
-
-    out = ok(fit(tmp_path, env=slurm(tmp_path, "100", restarts=1)))
-    assert f"run demo/{mine.name}: SLURM job 100 requeued: resuming" in out.stderr
-    assert snapshot(other) == before and len(runs(tmp_path / "runs/demo")) == 2
-    assert record(mine)["status"] == "finished"
-
-    # The same job requeued with another network (an edited script): a new run, nothing touched.
-    before = snapshot(tmp_path / "runs")
-    out = ok(fit(tmp_path, "--model.cardinality=4", "--trainer.max_epochs=1",
-                 env=slurm(tmp_path, "100", restarts=2)))
-    assert "has another setting)" in out.stderr
-    assert all(snapshot(tmp_path / "runs")[k] == v for k, v in before.items())
-    assert len(runs(tmp_path / "runs/demo")) == 3
+    run_folder("mine0001", "100", SETTING)
+    run_folder("theirs01", "200", SETTING)  # newer, same name and setting: another job's
+    monkeypatch.setenv("SLURM_JOB_ID", "100")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    run = choose_run("fit", tmp_path, "demo", SETTING, None, None)
+    assert run.id == "mine0001"
+    assert run.resume_from == tmp_path / "demo/mine0001/checkpoints/last.ckpt"
+    assert run.why == "SLURM job 100 requeued: resuming"
+    # The job rerun with another network (an edited script): a new run, the old one left alone.
+    other = setting_of({"arch": "resnext11_8x4d", "cardinality": 4}, "x.DigitsDataModule",
+                       "demo", 0)
+    run = choose_run("fit", tmp_path, "demo", other, None, None)
+    assert run.id not in ("mine0001", "theirs01") and run.resume_from is None
+    assert "has another setting" in run.why
+    # An array task is its own job: <array job>_<task>.
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert choose_run("fit", tmp_path, "demo", SETTING, None, None).resume_from is None
+    # Not requeued: a new run even with the same job id.
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert choose_run("fit", tmp_path, "demo", SETTING, None, None).resume_from is None
 
 
 # -- cases 3 and 5: W&B sweep runs, preempted and handed back ------------------------------
@@ -201,6 +190,7 @@ def agent(tmp: Path, run_id: str) -> dict:
     return run_env(tmp, WANDB_SWEEP_ID="swp1", WANDB_RUN_ID=run_id)
 
 
+@pytest.mark.slow  # trains tiny runs (10-40 s on 2 cores)
 def test_a_preempted_sweep_run_is_marked_and_resumed_and_another_point_starts_its_own(tmp_path):
     seed0 = [*RUN, "--config", WANDB]
     out = stopped(tmp_path, 2, env=agent(tmp_path, "aaaa1111"), base=seed0)
@@ -229,7 +219,7 @@ def test_a_preempted_sweep_run_is_marked_and_resumed_and_another_point_starts_it
     assert "seed 1 (run: 0)" in line and snapshot(folder) == before
 
 
-# -- case 4: one W&B run, its summary over the whole run ------------------------------------
+# -- cases 4 and 6: one W&B run, one metrics.csv, over the whole run ---------------------
 def summary(piece: Path) -> dict:
     values = {}
     for r in wandb_records(piece):
@@ -239,12 +229,27 @@ def summary(piece: Path) -> dict:
     return values
 
 
-def test_wandb_stopped_twice_is_one_run_whose_summary_covers_it_all(tmp_path):
+@pytest.mark.slow  # trains tiny runs (10-40 s on 2 cores)
+def test_stopped_twice_is_one_run_in_wandb_and_metrics_csv_holds_it_all(tmp_path):
+    """Case 4 (one W&B run, its summary over the whole run) and case 6 (metrics.csv keeps
+    every step once), on one run stopped twice, against an uninterrupted one."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    ok(fit(whole, "--trainer.max_epochs=3"))
+    (reference,) = runs(whole / "runs/demo")
+
+    tmp_path = tmp_path / "pieces"
+    tmp_path.mkdir()
     base = [*RUN, "--config", WANDB, "--trainer.max_epochs=3"]
-    stopped(tmp_path, STEPS + 1, base=base)
+    stopped(tmp_path, 1, base=base)                     # mid-epoch 0, then mid-epoch 1
     (run,) = runs(tmp_path / "runs/demo")
-    stopped(tmp_path, 2 * STEPS + 1, "--run_id", run.name, base=base)
+    stopped(tmp_path, STEPS + 1, "--run_id", run.name, base=base)
     ok(fit(tmp_path, "--run_id", run.name, base=base))
+    assert runs(tmp_path / "runs/demo") == [run]
+    rows = metrics_rows(run)
+    assert rows == metrics_rows(reference)  # each step's rows once, in order
+    assert sum("val/top1_err" in keys for _, keys in rows) == 3
+    assert not list(run.glob("metrics.csv.*"))
     pieces = sorted(run.glob("wandb/offline-run-*"))
     assert len(pieces) == 3 and all(p.name.endswith(f"-{run.name}") for p in pieces)
     assert set(tmp_path.rglob("offline-run-*")) == set(pieces)  # no other W&B run anywhere
@@ -277,6 +282,7 @@ def test_a_mid_epoch_checkpoint_resumes_on_another_world_size_only_where_exact()
         _check_same_order(saved, trainer(4, 32))   # another global batch: other steps
 
 
+@pytest.mark.slow  # trains tiny runs (10-40 s on 2 cores)
 def test_a_mid_epoch_checkpoint_of_one_process_is_refused_on_two(tmp_path):
     stopped(tmp_path, 2)
     (run,) = runs(tmp_path / "runs/demo")

@@ -399,6 +399,13 @@ def test_an_interrupted_point_resumes_its_own_run_when_the_sweep_runs_again(offl
             assert time.monotonic() < deadline, "the run never reached step 1"
             time.sleep(0.2)
         runner.send_signal(signal.SIGINT)
+        # Let the run go on only once the runner has passed the SIGTERM on (it acts between
+        # polls), so the run is stopped at step 1, not after it has finished.
+        for line in iter(runner.stdout.readline, ""):
+            if "SIGINT: stopping 1 run(s)" in line:
+                break
+        else:
+            raise AssertionError("the runner ended without passing the signal on")
         Path("go").touch()
         out = runner.communicate(timeout=240)[0]
     finally:

@@ -14,7 +14,9 @@ bad input raises a one-line `UserError` (`resnext_lit.errors`).
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -167,6 +169,7 @@ class ResNeXtCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.run_config
         _bf16_where_supported(config.trainer)
+        _check_rendezvous(config.trainer)
         if (self.subcommand == "fit" and config.trainer.get("benchmark") is None
                 and not config.trainer.get("deterministic")):
             # cuDNN picks the fastest kernel per shape (grouped convs have several); the first
@@ -224,6 +227,28 @@ class ResNeXtCLI(LightningCLI):
         # W&B fixes a run's group when it starts, so name it before the run starts.
         describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain,
                      stage=self.subcommand, run=run)
+
+
+def _check_rendezvous(trainer_config) -> None:
+    """Under a SLURM job step, DDP meets at the first node of SLURM_NODELIST (Lightning's
+    `SLURMEnvironment`) unless MASTER_ADDR is set; a name that does not resolve makes torch's
+    rendezvous retry forever ("The IPv6 network addresses of (n1, ...) cannot be retrieved").
+    One line instead, before anything starts."""
+    import socket
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    ddp = "ddp" in str(trainer_config.get("strategy")) or int(os.environ.get("SLURM_NTASKS",
+                                                                                "1")) > 1
+    if os.environ.get("MASTER_ADDR") or not ddp or not SLURMEnvironment.detect():
+        return
+    host = SLURMEnvironment.resolve_root_node_address(os.environ.get("SLURM_NODELIST", ""))
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        raise UserError(f"SLURM node {host!r}, where DDP's ranks would meet (the first of "
+                        "SLURM_NODELIST), does not resolve here: give the job MASTER_ADDR=<its "
+                        "address> (sbatch --export=ALL,MASTER_ADDR=...)") from None
 
 
 class SaveConfigAfterRestore(SaveConfigCallback):
@@ -294,6 +319,10 @@ def run_cli(args: list[str] | None) -> int:
 
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning import LightningDataModule
+
+    # Lightning says this for every run outside a SLURM job once SLURM is installed (a login
+    # node, a workstation with the client tools): a run inside a job needs no hint.
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
 
     from .module import ResNeXtModule
 
