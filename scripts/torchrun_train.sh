@@ -14,8 +14,14 @@ if [ -z "${RUN_ID:-}" ]; then
   fi
   RUN_ID=$(.venv/bin/python -c 'from resnext_lit.run_identity import new_run_id; print(new_run_id())')
 fi
-GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
+# GPUs: torch's count (no nvidia-smi needed). Port: MASTER_PORT, else a free one on a single
+# node (two runs on one node must not share it); several nodes must agree, so 29500 there.
+GPUS=${GPUS:-$(.venv/bin/python -c 'import torch; print(torch.cuda.device_count())')}
+if [ "$GPUS" = 0 ]; then echo "error: no GPU visible; set GPUS (and --trainer.accelerator cpu)" >&2; exit 2; fi
+if [ "${NNODES:-1}" = 1 ]; then
+  MASTER_PORT=${MASTER_PORT:-$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
+fi
 .venv/bin/torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
-  --nproc_per_node "$GPUS" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port 29500 \
+  --nproc_per_node "$GPUS" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
   -m resnext_lit fit --config configs/imagenet_paper.yaml --config configs/trainer/ddp.yaml \
   --trainer.num_nodes "${NNODES:-1}" --trainer.devices "$GPUS" --run_id "$RUN_ID" "$@"

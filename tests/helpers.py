@@ -65,20 +65,25 @@ class PauseAtStep(Callback):
 
 
 def run_signalled(args: list[str], cwd: Path, step: int, sig: int,
-                  env: dict | None = None) -> subprocess.CompletedProcess:
+                  env: dict | None = None, to_group: bool = False) -> subprocess.CompletedProcess:
     """`python -m resnext_lit *args` in `cwd`, sent `sig` from this process while it waits at
-    `step` (`PauseAtStep`), so where the signal lands is exact and never races the training."""
+    `step` (`PauseAtStep`), so where the signal lands is exact and never races the training.
+    `to_group`: to every process of the run (its loader workers too), as `scontrol requeue`
+    signals a job step."""
     proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", *args,
                              "--trainer.callbacks+=helpers.PauseAtStep",
                              f"--trainer.callbacks.step={step}"], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env or run_env(cwd))
+                            env=env or run_env(cwd), start_new_session=to_group)
     try:
         stop = time.monotonic() + SIGNAL_TIMEOUT_S
         while not (cwd / "ready").exists() and proc.poll() is None and time.monotonic() < stop:
             time.sleep(0.05)
         assert (cwd / "ready").exists(), proc.communicate()[1][-3000:]
-        proc.send_signal(sig)
+        if to_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         (cwd / "go").touch()
         out, err = proc.communicate(timeout=SIGNAL_TIMEOUT_S)
     finally:

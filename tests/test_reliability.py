@@ -150,6 +150,19 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_run_and_its_loader_workers_still_saves(tmp_path):
+    """As `scontrol requeue` signals a SLURM job step: SIGTERM to every process at once, the
+    DataLoader workers included. They ignore it (`data.workers.shield_from_stop_signals`); the
+    run saves at the signal and exits 143 (a worker dying of it used to fail the run)."""
+    out = run_signalled([*RUN, "--data.init_args.num_workers=2"], tmp_path, 3, signal.SIGTERM,
+                        to_group=True)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "killed by signal" not in out.stderr
+    assert record(tmp_path)["status"] == "interrupted"
+    assert last_ckpt(tmp_path)["global_step"] == 3
+
+
+@pytest.mark.slow
 def test_sigusr1_in_an_epochs_last_step_stops_at_the_epoch_boundary(tmp_path, uninterrupted):
     # Step 6 is epoch 0's last: the run validates, records epoch 0, and stops before epoch 1.
     out = fit_signalled(tmp_path, STEPS_PER_EPOCH, signal.SIGUSR1)

@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from ..errors import UserError
 from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, TensorImages
 from .distributed import ExactShardSampler, rank_and_world
-from .workers import clip_workers
+from .workers import clip_workers, shield_from_stop_signals
 
 IMAGE_SIZE = 32
 # Per class count: the folder, its train and test files, the label key, channel statistics.
@@ -133,12 +133,14 @@ class CIFARDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Under DDP Lightning swaps in a shuffling DistributedSampler (reshuffled per epoch).
         return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          worker_init_fn=shield_from_stop_signals)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self.trainer)
         sampler = ExactShardSampler(self.val_set, world, rank) if world > 1 else None
         return DataLoader(self.val_set, self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          worker_init_fn=shield_from_stop_signals)
 
     test_dataloader = val_dataloader

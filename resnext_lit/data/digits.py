@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD, TensorImages
-from .workers import clip_workers
+from .workers import clip_workers, shield_from_stop_signals
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -66,10 +66,12 @@ class DigitsDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers,
+                          worker_init_fn=shield_from_stop_signals)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
+                          worker_init_fn=shield_from_stop_signals)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader

@@ -33,7 +33,7 @@ from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTIO
 from .distributed import ExactShardSampler, rank_and_world
 from .imagenet_val import flat_val_samples, read_val_labels
 from .images import BadImage, list_classes, list_image_folder, load_rgb
-from .workers import clip_workers
+from .workers import clip_workers, shield_from_stop_signals
 
 
 class CenterCropRatio(torch.nn.Module):
@@ -132,7 +132,8 @@ class ImageFolderDataModule(LightningDataModule):
     def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(dataset, batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), **kwargs)
+                          pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=shield_from_stop_signals, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         # Under DDP Lightning swaps in a shuffling DistributedSampler (reshuffled per epoch).

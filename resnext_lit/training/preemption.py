@@ -163,6 +163,8 @@ class Preemption(Callback):
             then = slurm_requeue() if trainer.is_global_zero else "requeued by rank 0"
         else:
             then = f"resume with the same command plus --run_id {os.environ.get(RUN_ID_ENV)}"
+            if isinstance(env, SLURMEnvironment):  # e.g. `scontrol requeue`'s SIGTERM
+                then += " (a requeued SLURM job does so by itself)"
         self._trainer, self._stopping = None, True
         raise Preempted(signum, f"stopped by {name} at {where}: saved {path}; {then}")
 
