@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(available() is not None, reason=str(available()))]
 STEPS, EPOCHS = 3, 2
 CPU = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]  # sbatch's own overrides
-DEMO = ["--config", "configs/demo.yaml", "--data.init_args.seed=0",
+DEMO = ["--config", "configs/demo.yaml",
         "--trainer.accelerator=cpu", "--model.cardinality=2", "--model.bottleneck_width=2",
         "--model.warmup_epochs=0", f"--trainer.max_epochs={EPOCHS}",
         f"--trainer.limit_train_batches={STEPS}", "--trainer.limit_val_batches=1",

@@ -228,3 +228,15 @@ def test_bad_input_is_one_line_before_training(tmp_path, monkeypatch, capsys, ar
     errors = [line for line in stderr.splitlines() if line.strip()]
     assert errors == [errors[-1]] and message in errors[-1], stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+@pytest.mark.slow
+def test_a_later_config_can_swap_an_ffcv_recipe_for_the_digits(tmp_path):
+    """`--config imagenet_paper.yaml --config trainer/ddp.yaml --config demo.yaml`: the digits
+    replace the recipe's FFCV data. FFCV's `seed` (a NonNegativeInt) used to carry over as an
+    object jsonargparse could not check against the digits' `seed` (a traceback)."""
+    out = cli("fit", "--config", str(ROOT / "configs/imagenet_paper.yaml"),
+              "--config", str(ROOT / "configs/trainer/ddp.yaml"), "--config", DEMO, *TINY,
+              "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.fast_dev_run=1",
+              cwd=tmp_path)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]

@@ -168,6 +168,7 @@ class ResNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.run_config
+        _plain_numbers(config.data.get("init_args") if config.get("data") else None)
         _bf16_where_supported(config.trainer)
         _check_rendezvous(config.trainer)
         if (self.subcommand == "fit" and config.trainer.get("benchmark") is None
@@ -227,6 +228,20 @@ class ResNeXtCLI(LightningCLI):
         # W&B fixes a run's group when it starts, so name it before the run starts.
         describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain,
                      stage=self.subcommand, run=run)
+
+
+def _plain_numbers(init_args) -> None:
+    """A later --config that swaps the data class (an FFCV recipe, then configs/demo.yaml) keeps
+    values the first class typed, e.g. FFCV's `seed` as a jsonargparse NonNegativeInt instance;
+    checked against the new class it is then refused as "cannot represent an object" (a
+    traceback). Plain numbers carry over as the new class's own."""
+    if init_args is None:
+        return
+    for key, value in list(vars(init_args).items()):
+        if isinstance(value, int) and type(value) not in (int, bool):
+            setattr(init_args, key, int(value))
+        elif isinstance(value, float) and type(value) is not float:
+            setattr(init_args, key, float(value))
 
 
 def _check_rendezvous(trainer_config) -> None:
