@@ -2,7 +2,7 @@
 rename it over the target (`os.replace` is atomic on one file system).
 
     from resnext_lit.atomic import atomic_write, write_json_atomic
-    write_json_atomic(Path("runs/demo/version_0/results.json"), record)
+    write_json_atomic(Path("runs/demo/k3x9a0qz/results.json"), record)
     with atomic_write(Path("betons/train.beton.skipped.tsv")) as f:
         f.write(text)
 

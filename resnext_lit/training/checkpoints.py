@@ -3,7 +3,7 @@ and how a file is checked before it is read.
 
     python -m resnext_lit fit --config configs/demo.yaml       # every checkpoint goes through here
     from resnext_lit.training.checkpoints import check_checkpoint
-    check_checkpoint("runs/demo/version_0/checkpoints/last.ckpt")   # UserError in one line
+    check_checkpoint("runs/demo/k3x9a0qz/checkpoints/last.ckpt")   # UserError in one line
 
 - Which files: `BEST_CHECKPOINT` (the epoch with the lowest `val/top1_err`) and
   `LAST_CHECKPOINT` (`last.ckpt`, rewritten every epoch), the CLI's built-in `ModelCheckpoint`s

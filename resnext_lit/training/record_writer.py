@@ -1,6 +1,6 @@
 """`results.json`: one self-contained record per `fit`, in the run's log directory.
 
-    python -m resnext_lit fit --config configs/demo.yaml   # -> runs/demo/version_0/results.json
+    python -m resnext_lit fit --config configs/demo.yaml   # -> runs/demo/<run_id>/results.json
 
 It holds what a table of the paper needs (arch, C, d, params, MACs, per-epoch errors, best and
 final `val/top1_err`), what makes two runs comparable (dataset, planned epochs, the `scale`

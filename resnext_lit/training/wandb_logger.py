@@ -3,10 +3,11 @@
     python -m resnext_lit fit --config configs/demo.yaml --config configs/logger/wandb.yaml
     WANDB_ENTITY=my-team python -m resnext_lit fit --config configs/imagenet_paper.yaml \
         --config configs/logger/wandb.yaml --model.arch=resnext101_64x4d
-    wandb sync runs/wandb/offline-run-*          # upload runs that were logged offline
+    wandb sync runs/demo/<run_id>/wandb/offline-run-*   # upload a run logged offline
 
-`configs/logger/wandb.yaml` appends this logger after the recipe's CSVLogger, so `results.json`
-and checkpoints stay in the CSV run folder. On top of Lightning's logger it adds:
+`configs/logger/wandb.yaml` appends this logger after the recipe's CSVLogger; the CLI gives it
+the run's name, id (`resume="allow"`: one W&B run however often the run resumes) and folder
+(`resnext_lit.training.run`). On top of Lightning's logger it adds:
 
 - project `resnext-lit` (or WANDB_PROJECT); entity from WANDB_ENTITY or `init_args.entity`;
 - group `<dataset>/<recipe>/<network>` (e.g. `cifar100/cifar_paper/resnext29_8x64d`) so W&B
@@ -15,7 +16,9 @@ and checkpoints stay in the CSV run folder. On top of Lightning's logger it adds
 - in the run config: the resolved CLI config, params and MACs (as the paper counts them),
   dataset, network, planned epochs, the `scale` block (world size, per-device and global batch,
   accumulation, lr after scaling) and `resolution`, as in results.json; hardware and library
-  versions; every metric the module logs goes to the run;
+  versions, the run's id and name; every metric the module logs goes to the run;
+- in the summary: `val/top1_err` and `val/top5_err` as {"min", "last"} over the whole run,
+  its earlier epochs read from the run's results.json on a resume;
 - a start that cannot block training: offline, said in one line with the `wandb sync` command,
   when there are no credentials, when the server does not accept a connection within
   `PROBE_S`, or when an online `wandb.init` fails within `init_timeout`;
