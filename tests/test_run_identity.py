@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_lit.run_identity import choose_run, new_run_id, setting_of
+from resnext_lit.run_identity import ID_ALPHABET, choose_run, new_run_id, setting_of
 
 from helpers import ROOT, run_env, run_signalled, wandb_records
 
@@ -86,7 +86,7 @@ SETTING = setting_of({"arch": "resnext11_8x4d"}, "x.DigitsDataModule", "demo", 0
 
 def test_a_new_run_gets_a_fresh_id_and_validate_never_continues_a_run(tmp_path):
     ids = {new_run_id() for _ in range(1000)}
-    assert len(ids) == 1000 and all(len(i) == 8 and i.isalnum() and i.islower() for i in ids)
+    assert len(ids) == 1000 and all(len(i) == 8 and set(i) <= set(ID_ALPHABET) for i in ids)
     run = choose_run("fit", tmp_path, "demo", SETTING, None, None)
     assert run.folder == tmp_path / "demo" / run.id and run.resume_from is None
     (run.folder / "checkpoints").mkdir(parents=True)
