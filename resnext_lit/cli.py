@@ -24,6 +24,7 @@ import re
 import sys
 
 from .errors import UserError
+from .wandb_access import close_run
 
 # Each tool command lives in its own module with a `main(argv) -> int`.
 COMMANDS = {
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
         raise
     finally:
-        _finish_wandb(code)
+        close_run(code)
     return code
 
 
@@ -90,17 +91,3 @@ def _rank() -> int:
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     return 0
-
-
-def _finish_wandb(code: int) -> None:
-    """Close a W&B run of a failed command with its exit status: wandb 0.31 no longer hooks
-    sys.exit, so it would record a crashed or preempted run as finished (exit code 0). A sweep
-    run stopped by a signal (exit 128 + the signal, last.ckpt saved) is marked preempting
-    first: only then does the sweep controller hand it to an agent again ("Signal handling and
-    sweep runs" in W&B's docs), which resumes it (`resnext_lit.run_identity`, rule 4)."""
-    run = getattr(sys.modules.get("wandb"), "run", None)  # never imports wandb itself
-    if run is None or not code:
-        return
-    if code > 128 and os.environ.get("WANDB_SWEEP_ID"):
-        run.mark_preempting()
-    run.finish(exit_code=code)

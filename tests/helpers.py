@@ -49,15 +49,18 @@ def run_env(tmp: Path, **extra) -> dict:
 
 class PauseAtStep(Callback):
     """At `step`, write `ready` and wait until `go` exists: the test signals the run meanwhile.
+    `only_if`: "NAME=value", pause only in a process whose environment has it (one array task).
 
     User callbacks run before the repo's own, so `Preemption` sees the signal at the end of this
     very step."""
 
-    def __init__(self, step: int, folder: str = "."):
+    def __init__(self, step: int, folder: str = ".", only_if: str | None = None):
         self.step, self.folder = step, Path(folder)
+        name, _, value = (only_if or "").partition("=")  # e.g. SLURM_ARRAY_TASK_ID=0
+        self.active = not only_if or os.environ.get(name) == value
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if self.active and trainer.global_step == self.step:
             (self.folder / "ready").write_text(str(os.getpid()))
             stop = time.monotonic() + SIGNAL_TIMEOUT_S
             while not (self.folder / "go").exists() and time.monotonic() < stop:
@@ -65,25 +68,23 @@ class PauseAtStep(Callback):
 
 
 def run_signalled(args: list[str], cwd: Path, step: int, sig: int,
-                  env: dict | None = None, to_group: bool = False) -> subprocess.CompletedProcess:
+                  env: dict | None = None, to_step: bool = False) -> subprocess.CompletedProcess:
     """`python -m resnext_lit *args` in `cwd`, sent `sig` from this process while it waits at
     `step` (`PauseAtStep`), so where the signal lands is exact and never races the training.
-    `to_group`: to every process of the run (its loader workers too), as `scontrol requeue`
-    signals a job step."""
+    `to_step`: to the run and every process it started (loader workers, W&B's service in its
+    own session), as SLURM signals a job step (`scontrol requeue`, proctrack/linuxproc)."""
     proc = subprocess.Popen([sys.executable, "-m", "resnext_lit", *args,
                              "--trainer.callbacks+=helpers.PauseAtStep",
                              f"--trainer.callbacks.step={step}"], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env or run_env(cwd), start_new_session=to_group)
+                            env=env or run_env(cwd))
     try:
         stop = time.monotonic() + SIGNAL_TIMEOUT_S
         while not (cwd / "ready").exists() and proc.poll() is None and time.monotonic() < stop:
             time.sleep(0.05)
         assert (cwd / "ready").exists(), proc.communicate()[1][-3000:]
-        if to_group:
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
+        for pid in descendants(proc.pid) if to_step else [proc.pid]:
+            os.kill(pid, sig)
         (cwd / "go").touch()
         out, err = proc.communicate(timeout=SIGNAL_TIMEOUT_S)
     finally:
@@ -92,6 +93,21 @@ def run_signalled(args: list[str], cwd: Path, step: int, sig: int,
     (cwd / "ready").unlink()
     (cwd / "go").unlink()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it, found through /proc's parent links."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found = [pid]
+    for candidate in found:
+        found += [child for child, parent in parents.items() if parent == candidate]
+    return found
 
 
 def wandb_records(path: Path) -> list:

@@ -150,16 +150,25 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_run_and_its_loader_workers_still_saves(tmp_path):
+def test_sigterm_to_the_run_its_loader_workers_and_wandb_still_saves_and_closes(tmp_path):
     """As `scontrol requeue` signals a SLURM job step: SIGTERM to every process at once, the
-    DataLoader workers included. They ignore it (`data.workers.shield_from_stop_signals`); the
-    run saves at the signal and exits 143 (a worker dying of it used to fail the run)."""
-    out = run_signalled([*RUN, "--data.init_args.num_workers=2"], tmp_path, 3, signal.SIGTERM,
-                        to_group=True)
+    DataLoader workers and W&B's service process (wandb-core) included. The workers ignore it
+    (`data.workers.shield_from_stop_signals`); the run saves at the signal and exits 143 (a
+    worker dying of it used to fail the run). wandb-core dies of it, unflushed: the run is
+    reopened under its id and closed with exit code 143 (`wandb_access.close_run`)."""
+    out = run_signalled([*RUN, "--data.init_args.num_workers=2", "--config",
+                         str(ROOT / "configs/logger/wandb.yaml")], tmp_path, 3, signal.SIGTERM,
+                        to_step=True)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr[-3000:]
     assert "Traceback" not in out.stderr and "killed by signal" not in out.stderr
     assert record(tmp_path)["status"] == "interrupted"
     assert last_ckpt(tmp_path)["global_step"] == 3
+    run = run_dir(tmp_path)
+    assert f"W&B run {run.name} reopened to record exit code 143" in out.stderr
+    exits = [r.exit.exit_code for piece in run.glob("wandb/offline-run-*/*.wandb")
+             for r in wandb_records(piece) if r.HasField("exit")]
+    assert exits == [128 + signal.SIGTERM], out.stderr[-3000:]
+    assert {p.name.rsplit("-", 1)[1] for p in run.glob("wandb/offline-run-*")} == {run.name}
 
 
 @pytest.mark.slow
@@ -176,35 +185,6 @@ def test_sigusr1_in_an_epochs_last_step_stops_at_the_epoch_boundary(tmp_path, un
 
     resumed = fit(tmp_path, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(uninterrupted, tmp_path)
-
-
-@pytest.mark.slow
-def test_slurm_sigusr1_requeues_and_the_requeued_job_resumes(tmp_path, uninterrupted):
-    """SLURM's warning signal under a (simulated) SLURM job: `scontrol requeue <job>`, then the
-    job's unchanged command, rerun by SLURM with SLURM_RESTART_COUNT=1, continues the run."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    slurm = dict(SLURM_JOB_ID="4242", SLURM_JOB_NAME="train", SLURM_NTASKS="1", SLURM_PROCID="0",
-                 SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NNODES="1",
-                 SLURM_NTASKS_PER_NODE="1", SLURM_NODELIST="localhost",
-                 SCONTROL_LOG=str(tmp_path / "scontrol.log"),
-                 PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    out = fit_signalled(tmp_path, 3, signal.SIGUSR1, env=run_env(tmp_path, **slurm))
-    assert out.returncode == 128 + signal.SIGUSR1, out.stderr[-3000:]
-    assert out.stderr.strip().splitlines()[-1].endswith(
-        "requeued SLURM job 4242; it resumes from there")
-    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
-    assert record(tmp_path)["slurm_job"] == "4242"
-    run_id = run_dir(tmp_path).name
-
-    again = fit(tmp_path, env=run_env(tmp_path, SLURM_RESTART_COUNT="1", **slurm))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"run demo/{run_id}: SLURM job 4242 requeued: resuming" in again.stderr
-    assert run_dir(tmp_path).name == run_id
-    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert_same_training(uninterrupted, tmp_path)
 
 

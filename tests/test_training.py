@@ -234,9 +234,13 @@ def test_bad_input_is_one_line_before_training(tmp_path, monkeypatch, capsys, ar
 def test_a_later_config_can_swap_an_ffcv_recipe_for_the_digits(tmp_path):
     """`--config imagenet_paper.yaml --config trainer/ddp.yaml --config demo.yaml`: the digits
     replace the recipe's FFCV data. FFCV's `seed` (a NonNegativeInt) used to carry over as an
-    object jsonargparse could not check against the digits' `seed` (a traceback)."""
-    out = cli("fit", "--config", str(ROOT / "configs/imagenet_paper.yaml"),
-              "--config", str(ROOT / "configs/trainer/ddp.yaml"), "--config", DEMO, *TINY,
-              "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.fast_dev_run=1",
-              cwd=tmp_path)
+    object jsonargparse could not check against the digits' `seed` (a traceback), and
+    `--print_config` could not write it."""
+    swap = ["--config", str(ROOT / "configs/imagenet_paper.yaml"),
+            "--config", str(ROOT / "configs/trainer/ddp.yaml"), "--config", DEMO]
+    shown = cli("fit", *swap, "--print_config", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "resnext_lit.data.digits.DigitsDataModule" in shown.stdout
+    out = cli("fit", *swap, *TINY, "--trainer.accelerator=cpu", "--trainer.devices=1",
+              "--trainer.fast_dev_run=1", cwd=tmp_path)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]

@@ -20,6 +20,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from jsonargparse import ArgumentError
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -28,10 +29,11 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from ..errors import UserError
 from ..models.registry import OVERRIDES, model_config
 from ..run_identity import setting_difference, setting_of
+from ..wandb_access import close_run
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, check_checkpoint, use_atomic_checkpoints
 from .data_wait import DataWait
 from .nonfinite import NonFiniteError
-from .preemption import Preempted, Preemption
+from .preemption import Preempted, Preemption, slurm_requeue
 from .progress import LogStepProgressBar
 from .record_writer import RecordWriter
 from .resume import ExactResume
@@ -39,6 +41,12 @@ from .run import announce, forget_run, which_run
 from .schedules import check_schedule
 
 RUNS_DIR = "runs"
+# jsonargparse's restricted numbers (PositiveInt, ...) are int/float subclasses, which PyYAML's
+# safe dumper refuses ("cannot represent an object"): a value a recipe's data class typed so and a
+# later --config carried over to another class (FFCV's `seed`, then configs/demo.yaml's digits)
+# broke the check and --print_config. Written as the plain numbers they are.
+yaml.SafeDumper.add_multi_representer(int, yaml.SafeDumper.represent_int)
+yaml.SafeDumper.add_multi_representer(float, yaml.SafeDumper.represent_float)
 DEFAULT_MAX_EPOCHS = 1000  # Lightning's when neither max_epochs nor max_steps is set
 # The repo's own callbacks: `builtins.<key>` -> (class, init_args). In this order, after the
 # config's `trainer.callbacks`: the ModelCheckpoints before the record (see `RecordWriter`), and
@@ -168,7 +176,6 @@ class ResNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.run_config
-        _plain_numbers(config.data.get("init_args") if config.get("data") else None)
         _bf16_where_supported(config.trainer)
         _check_rendezvous(config.trainer)
         if (self.subcommand == "fit" and config.trainer.get("benchmark") is None
@@ -228,20 +235,6 @@ class ResNeXtCLI(LightningCLI):
         # W&B fixes a run's group when it starts, so name it before the run starts.
         describe_run(self.trainer, self.model, self.datamodule, recipe=recipe, config=plain,
                      stage=self.subcommand, run=run)
-
-
-def _plain_numbers(init_args) -> None:
-    """A later --config that swaps the data class (an FFCV recipe, then configs/demo.yaml) keeps
-    values the first class typed, e.g. FFCV's `seed` as a jsonargparse NonNegativeInt instance;
-    checked against the new class it is then refused as "cannot represent an object" (a
-    traceback). Plain numbers carry over as the new class's own."""
-    if init_args is None:
-        return
-    for key, value in list(vars(init_args).items()):
-        if isinstance(value, int) and type(value) not in (int, bool):
-            setattr(init_args, key, int(value))
-        elif isinstance(value, float) and type(value) is not float:
-            setattr(init_args, key, float(value))
 
 
 def _check_rendezvous(trainer_config) -> None:
@@ -322,7 +315,9 @@ def run_cli(args: list[str] | None) -> int:
     except ArgumentError as err:
         raise UserError(str(err)) from None
     except Preempted as stop:  # last.ckpt is saved; a scheduler sees a signal's exit status
-        print(stop.message, file=sys.stderr)
+        close_run(stop.code)  # before the requeue: its SIGTERM reaches W&B's service process
+        then = f"; {slurm_requeue()}" if stop.requeue else ""
+        print(stop.message + then, file=sys.stderr)
         return stop.code
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,9 +10,13 @@
 into exit status 128 + the signal. Near an epoch end it lets the validation finish and stops at
 the epoch boundary instead. Under SLURM with auto-requeue (Lightning's `SLURMEnvironment`, the
 default) SIGUSR1 also requeues the job, and the requeued job resumes by itself
-(`resnext_lit.training.resume`). It takes the signals over from Lightning, which would save
-`hpc_ckpt_N.ckpt` from inside the signal handler (a state possibly halfway through a step) and
-abort a running validation on SIGTERM.
+(`resnext_lit.training.resume`); rank 0 requeues last, once the record and the W&B run are
+closed (the requeue's SIGTERM reaches every process of the step). Once saved, a process ignores
+further SIGTERM/SIGUSR1 until it exits, so it still ends with the first signal's status.
+
+It takes the signals over from Lightning, which would save `hpc_ckpt_N.ckpt` from inside the
+signal handler (a state possibly halfway through a step) and abort a running validation on
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ PREEMPTION_CHECK_EVERY_N_STEPS = 10
 
 
 class Preempted(SIGTERMException):
-    """The run stopped on a signal after saving; exit status 128 + the signal, like a shell's."""
+    """The run stopped on a signal after saving; exit status 128 + the signal, like a shell's.
+    `requeue`: the SLURM job is to be requeued, which the CLI does last (`slurm_requeue`): the
+    requeue's SIGTERM reaches every process of the job step, W&B's service process too, so the
+    record and the W&B run are closed before it."""
 
-    def __init__(self, signum: int, message: str):
+    def __init__(self, signum: int, message: str, requeue: bool = False):
         super().__init__(128 + signum)
-        self.message = message
+        self.message, self.requeue = message, requeue
 
 
 # -- preemption ----------------------------------------------------------------------------
@@ -68,13 +75,11 @@ class Preemption(Callback):
         self._trainer = None
         self._signal_at_epoch_end = 0  # the signal, once it arrived in an epoch's last step
         self._saved: Path | None = None
-        self._stopping = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
         self._trainer, self._signal, self._signal_at_epoch_end = trainer, None, 0
-        self._stopping = False
         # Installed before Lightning's signal connector runs: it then leaves SIGUSR1 to us
         # (it only adds its SLURM handler where none exists).
         self._install(trainer, keep_previous=True)
@@ -103,9 +108,6 @@ class Preemption(Callback):
                 self._previous[signum] = previous
 
     def _handle(self, signum: int, frame) -> None:
-        if self._stopping:  # saved and on the way out: swallow one repeat (SLURM's SIGTERM
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # after a requeue)
-            return
         if self._trainer is None:  # after fit: act as the handler we replaced would
             previous = self._previous.get(signum, signal.SIG_DFL)
             signal.signal(signum, previous)
@@ -159,14 +161,21 @@ class Preemption(Callback):
         name = signal.Signals(signum).name
         where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         env = _cluster_environment(trainer)
-        if isinstance(env, SLURMEnvironment) and env.auto_requeue and signum == env.requeue_signal:
-            then = slurm_requeue() if trainer.is_global_zero else "requeued by rank 0"
+        requeue = (isinstance(env, SLURMEnvironment) and env.auto_requeue
+                   and signum == env.requeue_signal)
+        if requeue:
+            then = "" if trainer.is_global_zero else "; requeued by rank 0"  # rank 0: see CLI
         else:
-            then = f"resume with the same command plus --run_id {os.environ.get(RUN_ID_ENV)}"
+            then = f"; resume with the same command plus --run_id {os.environ.get(RUN_ID_ENV)}"
             if isinstance(env, SLURMEnvironment):  # e.g. `scontrol requeue`'s SIGTERM
                 then += " (a requeued SLURM job does so by itself)"
-        self._trainer, self._stopping = None, True
-        raise Preempted(signum, f"stopped by {name} at {where}: saved {path}; {then}")
+        # Saved and on the way out: a later SIGTERM (SLURM's, after the requeue; a second kill)
+        # must not cut the exit short: the record, the W&B run and the exit status are due.
+        for stop_signal in SIGNALS:
+            signal.signal(stop_signal, signal.SIG_IGN)
+        self._trainer = None
+        raise Preempted(signum, f"stopped by {name} at {where}: saved {path}{then}",
+                        requeue=requeue and trainer.is_global_zero)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._trainer = None
@@ -196,7 +205,8 @@ def _cluster_environment(trainer):
 
 
 def slurm_requeue() -> str:
-    """`scontrol requeue <this job>` (as Lightning's SLURM handler does, never through a shell)."""
+    """`scontrol requeue <this job>` (as Lightning's SLURM handler does, never through a shell);
+    what happened, for the stop line."""
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = (f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array
            else os.environ.get("SLURM_JOB_ID"))
