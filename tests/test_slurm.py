@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from slurm_cluster import SlurmCluster, available
 
-from helpers import ROOT, TESTS, run_env
+from helpers import ROOT, TESTS, run_env, wandb_records
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(available() is not None, reason=str(available()))]
 STEPS, EPOCHS = 3, 2
 CPU = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]  # sbatch's own overrides
-DEMO = ["--config", "configs/demo.yaml",
-        "--trainer.accelerator=cpu", "--model.cardinality=2", "--model.bottleneck_width=2",
-        "--model.warmup_epochs=0", f"--trainer.max_epochs={EPOCHS}",
+TINY = ["--trainer.accelerator=cpu", "--model.warmup_epochs=0", f"--trainer.max_epochs={EPOCHS}",
         f"--trainer.limit_train_batches={STEPS}", "--trainer.limit_val_batches=1",
         "--trainer.enable_progress_bar=false", "--global_batch_size=64"]
+DEMO = ["--config", "configs/demo.yaml", "--model.cardinality=2", "--model.bottleneck_width=2",
+        *TINY]
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +101,28 @@ def test_a_rendezvous_that_cannot_happen_fails_in_one_line(cluster, checkout):
     assert not (checkout / "runs").exists()
 
 
-def test_usr1_requeues_the_job_and_it_resumes_its_own_run_beside_another(cluster, checkout):
-    """Two jobs of one run name. Job B finished; job A, paused at step 2, gets `scancel
-    --signal=USR1`: it saves at that step, requeues itself, and its second attempt
-    resumes A's run (not B's, the newer one), appending to the same log. B's files stay
-    byte-identical."""
+VAL = ("val/loss", "val/top1_err", "val/top5_err")
+
+
+def wait_ready(cluster, checkout: Path, job: str) -> None:
+    """Until the job's `PauseAtStep` waits (it wrote `ready`)."""
+    deadline = time.monotonic() + 120
+    while not (checkout / "ready").exists():
+        assert cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), log(checkout, job)
+        assert time.monotonic() < deadline, f"job {job} never reached its pause: {cluster.job(job)}"
+        time.sleep(0.5)
+
+
+def test_scontrol_requeue_with_loader_workers_resumes_its_own_run_beside_another(
+        cluster, checkout):
+    """Two jobs of one run name, 2 DataLoader workers each. Job B trains uninterrupted; job A,
+    paused at step 2, gets `scontrol requeue`: SIGTERM to every process of its step (the
+    workers too). A saves at that step, SLURM requeues it, and its second attempt resumes A's
+    run (not B's, the newer one), appending to the same log. B's files stay byte-identical, and
+    A's validation numbers equal B's in every epoch."""
     one = [*CPU, "--nodes=1", "--ntasks-per-node=1", "--export=ALL,MASTER_ADDR=127.0.0.1",
-           "scripts/slurm_train.sbatch", *DEMO, "--trainer.devices=1"]
+           "scripts/slurm_train.sbatch", *DEMO, "--trainer.devices=1",
+           "--data.init_args.num_workers=2"]
     other = cluster.sbatch(one, checkout, env(checkout))
     assert cluster.wait(other, "COMPLETED", "FAILED", timeout=300)["JobState"] == "COMPLETED"
     (theirs,) = runs(checkout)
@@ -112,22 +130,64 @@ def test_usr1_requeues_the_job_and_it_resumes_its_own_run_beside_another(cluster
 
     job = cluster.sbatch([*one, "--trainer.callbacks+=helpers.PauseAtStep",
                           "--trainer.callbacks.step=2"], checkout, env(checkout))
-    deadline = time.monotonic() + 300
-    while not (checkout / "ready").exists():
-        assert cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), log(checkout, job)
-        assert time.monotonic() < deadline, "job A never reached step 2"
-        time.sleep(0.5)
-    assert cluster.run("scancel", "--signal=USR1", job).returncode == 0
+    wait_ready(cluster, checkout, job)
+    assert cluster.run("scontrol", "requeue", job).returncode == 0
     (checkout / "go").touch()
     info = cluster.wait(job, "COMPLETED", "FAILED", "CANCELLED", timeout=400)
     text = log(checkout, job)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-3000:]
     assert "attempt 1 on" in text and "attempt 2 on" in text  # one log, both attempts
-    assert "stopped by SIGUSR1 at epoch 0, step 2: saved runs/imagenet_paper/" in text
-    assert f"requeued SLURM job {job}; it resumes from there" in text
+    assert "killed by signal" not in text  # the workers outlived the SIGTERM
+    assert "stopped by SIGTERM at epoch 0, step 2: saved runs/imagenet_paper/" in text
+    assert "(a requeued SLURM job does so by itself)" in text
     mine = next(r for r in runs(checkout) if r != theirs)
     assert f"run imagenet_paper/{mine.name}: SLURM job {job} requeued: resuming" in text
     assert len(runs(checkout)) == 2 and snapshot(theirs) == before
     rec = record(mine)
     assert rec["status"] == "finished" and rec["slurm_job"] == job
-    assert [e["epoch"] for e in rec["epochs"]] == list(range(EPOCHS))
+    assert ([{k: e[k] for k in ("epoch", *VAL)} for e in rec["epochs"]]
+            == [{k: e[k] for k in ("epoch", *VAL)} for e in record(theirs)["epochs"]])
+
+
+def test_a_sweep_as_a_job_array_with_one_point_preempted_and_requeued(cluster, checkout):
+    """scripts/slurm_sweep.sbatch, `--array=0-1`: two grid points of the demo sweep at once,
+    W&B offline. Point 0, paused at step 2, gets `scancel --signal=USR1`: it saves, closes its
+    W&B run with exit code 138 before it requeues its own array task (whose SIGTERM reaches
+    W&B's service process), and the requeued task resumes the same run under the same W&B run
+    id. Both points finish in the sweep's folder and `table` reads the two."""
+    (checkout / "sweeps").symlink_to(ROOT / "sweeps")
+    array = cluster.sbatch([*CPU, "--array=0-1", "--ntasks-per-node=1",
+                            "--export=ALL,MASTER_ADDR=127.0.0.1", "scripts/slurm_sweep.sbatch",
+                            "sweeps/demo_cardinality.yaml", *TINY,
+                            "--trainer.callbacks+=helpers.PauseAtStep",
+                            "--trainer.callbacks.step=2",
+                            "--trainer.callbacks.only_if=SLURM_ARRAY_TASK_ID=0"],
+                           checkout, env(checkout))
+    first, second = f"{array}_0", f"{array}_1"
+    wait_ready(cluster, checkout, first)
+    assert cluster.run("scancel", "--signal=USR1", first).returncode == 0
+    (checkout / "go").touch()
+    for task in (first, second):
+        info = cluster.wait(task, "COMPLETED", "FAILED", "CANCELLED", timeout=400)
+        assert info["JobState"] == "COMPLETED", log(checkout, task)[-3000:]
+    assert cluster.job(first)["Restarts"] == "1" and cluster.job(second)["Restarts"] == "0"
+    text = log(checkout, first)
+    assert "stopped by SIGUSR1 at epoch 0, step 2: saved" in text
+    assert f"requeued SLURM job {first}; it resumes from there" in text
+
+    sweep = checkout / "runs" / "sweeps" / "demo-cardinality"
+    (run,) = (sweep / "01-resnext11_1x4d").iterdir()
+    assert f"run 01-resnext11_1x4d/{run.name}: SLURM job {first} requeued: resuming" in text
+    assert [record(r)["status"] for r in sorted(sweep.glob("0*/*"))] == ["finished"] * 2
+    assert [e["epoch"] for e in record(run)["epochs"]] == list(range(EPOCHS))
+    pieces = sorted(run.glob("wandb/offline-run-*"))
+    assert [p.name.rsplit("-", 1)[1] for p in pieces] == [run.name] * 2  # one W&B run id
+    exits = [[r.exit.exit_code for r in wandb_records(piece) if r.HasField("exit")]
+             for piece in (next(p.glob("*.wandb")) for p in pieces)]
+    assert exits == [[128 + signal.SIGUSR1], [0]]
+    table = subprocess.run([sys.executable, "-m", "resnext_lit", "table", "--runs", str(sweep),
+                            "--out", "tables"], cwd=checkout, env=env(checkout),
+                           capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    text = (checkout / "tables" / "tables.md").read_text()
+    assert "resnext11_1x4d" in text and "resnext11_2x4d" in text, text

@@ -4,6 +4,7 @@
     python -m resnext_lit sweep sweeps/table3_resnext50.yaml --dry-run    # print the commands
     python -m resnext_lit sweep sweeps/table7_cifar.yaml --count 4        # 4 runs, then stop
     python -m resnext_lit sweep sweeps/table7_cifar.yaml --parallel 8     # 8 at once, 1 GPU each
+    python -m resnext_lit sweep sweeps/table3_resnext50.yaml --point 3 -- --trainer.devices 8
     python -m resnext_lit table --runs runs/sweeps/demo-cardinality --out tables/demo
 
 For machines with no W&B server or no network on the compute nodes. The grid comes from W&B's
@@ -19,6 +20,12 @@ records why it has none, so `table --runs <that folder>` reads exactly this swee
 `--parallel N` runs N grid points at once, each on its own slice of the GPUs; Ctrl-C stops
 them all. How runs are launched, share the machine and are stopped:
 `resnext_lit.experiments.runner`.
+
+`--point I` becomes grid point I's run (0-based, the order of `--dry-run`) in this very process
+(exec), with the options after `--` added: one point per SLURM array task
+(`scripts/slurm_sweep.sbatch`), where SLURM's signals must reach the training itself. It keeps
+no state.json (array tasks run at once); the run goes to the same `<point>/` folder the runner
+would use, and a requeued task resumes it (`resnext_lit.run_identity`, the SLURM rule).
 """
 
 from __future__ import annotations
@@ -142,13 +149,41 @@ def run_folder_name(index: int, params: dict) -> str:
     return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", label)[:80]
 
 
+def sweep_folder(config: dict, path: str, runs_dir: str) -> tuple[str, Path]:
+    """The sweep's name (its `name:`, else the file's) and its folder under `runs_dir`."""
+    name = str(config.get("name") or Path(path).stem)
+    return name, Path(runs_dir) / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def run_point(path: str, index: int, fit_args: list[str], runs_dir: str = "runs",
+              online: bool = False, allow_any_command: bool = False) -> int:
+    """Replace this process with grid point `index`'s run (see the module docstring)."""
+    config = load_sweep(path)
+    if config["method"] != "grid":
+        raise UserError(f"--point needs a grid sweep: a {config['method']} sweep proposes other "
+                        "points at every call")
+    name, sweep_dir = sweep_folder(config, path, runs_dir)
+    points = grid_points(config)
+    if not 0 <= index < len(points):
+        raise UserError(f"--point {index}: sweep {name} has {len(points)} grid points "
+                        f"(0-{len(points) - 1})")
+    folder = run_folder_name(index + 1, points[index])  # the runner counts from 1
+    argv = agent_argv(config, points[index], allow_any_command)
+    if is_our_cli(config):
+        argv += ["--run_root", str(sweep_dir), "--run_name", folder]
+    argv += fit_args
+    env = dict(os.environ) if online else dict(os.environ, WANDB_MODE="offline")
+    if os.environ.get("SLURM_PROCID", "0") == "0":  # one line per job, not one per task
+        print(f"sweep {name}: point {index} of 0-{len(points) - 1}, {folder}: "
+              f"{shlex.join(argv)}", flush=True)
+    os.execvpe(argv[0], argv, env)
+
+
 def run_sweep(path: str, runs_dir: str = "runs", count: int | None = None, dry_run: bool = False,
               online: bool = False, allow_any_command: bool = False, parallel: int = 1,
               devices_per_run: int | None = None, stop_timeout: float = STOP_TIMEOUT_S) -> int:
     config = load_sweep(path)
-    name = str(config.get("name") or Path(path).stem)
-    root = Path(runs_dir)
-    sweep_dir = root / "sweeps" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    name, sweep_dir = sweep_folder(config, path, runs_dir)
     state_path = sweep_dir / "state.json"
     gpus = visible_gpus() if parallel > 1 or devices_per_run else []
     slots = gpu_slots(parallel, devices_per_run, gpus)
@@ -220,7 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S, metavar="S",
                         help="after Ctrl-C, how long the runs may take to save and stop before "
                              f"they are killed (default: {STOP_TIMEOUT_S:.0f})")
-    args = parser.parse_args(argv)
+    parser.add_argument("--point", type=int, metavar="I",
+                        help="run grid point I (0-based, as --dry-run lists them) in this "
+                             "process, with the fit options after `--` added; for SLURM job "
+                             "arrays (scripts/slurm_sweep.sbatch)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, fit_args = parser.parse_args(argv[:cut]), argv[cut + 1:]
+    if args.point is not None:
+        if args.point < 0:
+            raise UserError("--point must be 0 or more")
+        return run_point(args.sweep_file, args.point, fit_args, args.runs_dir, args.online,
+                         args.allow_any_command)
+    if fit_args:
+        raise UserError(f"options after `--` ({shlex.join(fit_args)}) go with --point only")
     for flag in ("count", "parallel", "devices_per_run"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
