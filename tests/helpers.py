@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from lightning import Callback
 
+from resnext_lit.training.preemption import Preemption
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 SIGNAL_TIMEOUT_S = 600
@@ -50,12 +52,15 @@ def run_env(tmp: Path, **extra) -> dict:
 class PauseAtStep(Callback):
     """At `step`, write `ready` and wait until `go` exists: the test signals the run meanwhile.
     `only_if`: "NAME=value", pause only in a process whose environment has it (one array task).
+    `signalled`: then also wait until the run's `Preemption` has the signal, for a signal that
+    travels on its own (SLURM: `scancel`/`scontrol` return before slurmstepd sends it).
 
     User callbacks run before the repo's own, so `Preemption` sees the signal at the end of this
     very step."""
 
-    def __init__(self, step: int, folder: str = ".", only_if: str | None = None):
-        self.step, self.folder = step, Path(folder)
+    def __init__(self, step: int, folder: str = ".", only_if: str | None = None,
+                 signalled: bool = False):
+        self.step, self.folder, self.signalled = step, Path(folder), signalled
         name, _, value = (only_if or "").partition("=")  # e.g. SLURM_ARRAY_TASK_ID=0
         self.active = not only_if or os.environ.get(name) == value
 
@@ -64,6 +69,10 @@ class PauseAtStep(Callback):
             (self.folder / "ready").write_text(str(os.getpid()))
             stop = time.monotonic() + SIGNAL_TIMEOUT_S
             while not (self.folder / "go").exists() and time.monotonic() < stop:
+                time.sleep(0.02)
+            preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
+            while (self.signalled and preemption is not None and preemption._signal is None
+                   and time.monotonic() < stop):
                 time.sleep(0.02)
 
 

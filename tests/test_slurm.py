@@ -129,7 +129,8 @@ def test_scontrol_requeue_with_loader_workers_resumes_its_own_run_beside_another
     before = snapshot(theirs)
 
     job = cluster.sbatch([*one, "--trainer.callbacks+=helpers.PauseAtStep",
-                          "--trainer.callbacks.step=2"], checkout, env(checkout))
+                          "--trainer.callbacks.step=2", "--trainer.callbacks.signalled=true"],
+                         checkout, env(checkout))
     wait_ready(cluster, checkout, job)
     assert cluster.run("scontrol", "requeue", job).returncode == 0
     (checkout / "go").touch()
@@ -161,7 +162,8 @@ def test_a_sweep_as_a_job_array_with_one_point_preempted_and_requeued(cluster, c
                             "sweeps/demo_cardinality.yaml", *TINY,
                             "--trainer.callbacks+=helpers.PauseAtStep",
                             "--trainer.callbacks.step=2",
-                            "--trainer.callbacks.only_if=SLURM_ARRAY_TASK_ID=0"],
+                            "--trainer.callbacks.only_if=SLURM_ARRAY_TASK_ID=0",
+                            "--trainer.callbacks.signalled=true"],
                            checkout, env(checkout))
     first, second = f"{array}_0", f"{array}_1"
     wait_ready(cluster, checkout, first)
