@@ -4,13 +4,18 @@
 setup:
 	@scripts/setup.sh
 
+# Two test processes (pytest-xdist), each taking whole files, so a module's fixtures (the SLURM
+# cluster, the betons) are built once; most tests wait on subprocesses, not on both cores.
+# PYTEST_XDIST="-n 0" runs everything in this process, one test after the other.
+PYTEST_XDIST ?= -n 2 --dist loadfile
+
 # Everything (CI runs this, after `make lint`).
 test: setup
-	.venv/bin/python -m pytest -q --durations=10 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q $(PYTEST_XDIST) --durations=10 $(PYTEST_ARGS)
 
 # The edit loop: every test not marked slow (no real signals, sweeps, DDP or demo runs).
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not slow" --durations=5 $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q $(PYTEST_XDIST) -m "not slow" --durations=5 $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check resnext_lit tests scripts

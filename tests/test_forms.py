@@ -46,7 +46,10 @@ def test_forms_are_equivalent(cardinality, width, form, train):
     back = convert_form(other, "c")  # and back again, to the same weights
     for (k, v), (k2, v2) in zip(c.state_dict().items(), back.state_dict().items()):
         assert k == k2
-        torch.testing.assert_close(v2, v)
+        # In train mode the running statistics were computed path by path vs grouped: equal up
+        # to float rounding, as checked above (the weights themselves are copied exactly).
+        tolerance = dict(rtol=1e-4, atol=1e-6) if train and "running" in k else {}
+        torch.testing.assert_close(v2, v, **tolerance)
 
 
 def test_form_a_and_b_on_imagenet_stem():
