@@ -261,8 +261,8 @@ def test_the_cell_is_the_recipes_own_global_batch_before_the_longest_run():
         rec["config"]["global_batch_size"] = 256  # what the recipe states
     t3 = by_title(build_tables(own + longer), "Table 3")
     assert "22.10 ± 0.14 (n=2)" in markdown([t3])
-    assert "epochs 120 (cell: 100); global batch 512 (cell: 256)" in \
-        apart_rows(build_tables(own + longer))
+    assert ("epochs 120 (cell: 100); global batch 512 (cell: 256); per-device batch 64 "
+            "(cell: 32)") in apart_rows(build_tables(own + longer))
 
 
 def test_a_smoke_run_is_shown_apart_and_never_averaged_into_the_paper_cell():
@@ -291,11 +291,12 @@ def test_another_global_batch_or_resolution_is_apart_with_the_difference_named()
     for title in ("Table 3", "Table 4"):  # the same cell in both tables: the 2 seeds only
         assert "21.20 ± 0.14 (n=2)" in markdown([by_title(tables, title)])
     apart = apart_rows(tables)
-    assert set(apart) == {"global batch 512 (cell: 256)",
+    batch = "global batch 512 (cell: 256); per-device batch 64 (cell: 32)"
+    assert set(apart) == {batch,
                           "train res 160 (cell: 224); final train res 192 (cell: 224); "
                           "val res 256 (cell: 224)"}
-    assert apart["global batch 512 (cell: 256)"][0] == "Table 3, Table 4"  # listed once
-    assert apart["global batch 512 (cell: 256)"][5:7] == ["21.90", "5.90"]
+    assert apart[batch][0] == "Table 3, Table 4"  # listed once
+    assert apart[batch][5:7] == ["21.90", "5.90"]
 
 
 def test_a_run_built_with_overrides_lands_in_its_registered_networks_cell():
@@ -387,3 +388,40 @@ def test_an_old_record_is_on_the_data_its_network_is_registered_on():
     assert old("resnext29_8x64d", data=DIGITS, num_classes=10, depth=11, bottleneck_width=4) \
         == "digits"  # built resnext11_8x4d, the digits demo's network
     assert old("resnext29_8x64d", data=DIGITS, cardinality=3) is None  # no registered network
+
+
+def test_a_cell_averages_seeds_only_never_other_settings():
+    """Runs of seed 0 that differ in one training or evaluation setting each: every one is a
+    row (or apart from the paper cell) of its own that names how it differs; two runs of one
+    seed in one cell say so."""
+    def demo(seed=0, precision=None, data=None, **model):
+        rec = record("resnext11_8x4d", 10.0 + len(model) + seed, recipe="demo", data=DIGITS,
+                     num_classes=10, seed=seed)
+        rec["config"]["model"] = {"lr": 0.4, "zero_init_residual": False, **model}
+        rec["config"]["data"] = {**DIGITS, "init_args": {"padding": 2, **(data or {})}}
+        rec["precision"] = precision or "32-true"
+        return rec
+    variants = [demo(zero_init_residual=True), demo(ema_decay=0.999), demo(flip_tta=True),
+                demo(lr=0.8), demo(label_smoothing=0.1), demo(mixup_alpha=0.2),
+                demo(weights="runs/x/last.pth"), demo(precision="bf16-mixed"),
+                demo(data={"padding": 4})]
+    other = by_title(build_tables([demo(), demo(), *variants]), "Other")
+    assert len(other.rows) == 1 + len(variants)
+    assert other.rows[0][-1] == ("form (c), 100 epochs, global batch 128, 32 px train / 32 px "
+                                 "val, 32-true")  # digits have no crop: none is named
+    base = [label for label, runs in other.runs.items() if len(runs) == 2]
+    assert len(base) == 1 and "(n=2, 2 runs of seed 0)" in markdown([other])
+    named = " | ".join(other.runs)
+    for difference in ("zero-init residual True (first row: False)",
+                       "EMA decay 0.999 (first row: none)", "flip TTA True (first row: none)",
+                       "lr 0.8 (first row: 0.4)", "label smoothing 0.1 (first row: none)",
+                       "MixUp alpha 0.2 (first row: none)", "weights last.pth (first row: none)",
+                       "precision bf16-mixed (first row: 32-true)", "padding 4 (first row: 2)"):
+        assert difference in named, (difference, named)
+
+    paper = [record("resnext50_32x4d", 22.0 + s / 5, seed=s) for s in range(2)]
+    ema = record("resnext50_32x4d", 21.0, seed=0)
+    ema["config"]["model"] = {"ema_decay": 0.9999}
+    tables = build_tables([*paper, ema])
+    assert "22.10 ± 0.14 (n=2)" in markdown([by_title(tables, "Table 3")])
+    assert set(apart_rows(tables)) == {"EMA decay 0.9999 (cell: none)"}

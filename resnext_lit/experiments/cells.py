@@ -9,8 +9,13 @@ never mix a 2-epoch smoke run, another global batch or another resolution into i
 
 A run belongs to the network it built, (depth, C, d) looked up with `registered_name`, whatever
 `--model.arch` it started from (`resnext50_32x4d` with C=8, d=14 is Table 3's 8x14d). Its
-effective recipe is dataset, recipe, network, form, blurpool, stage, planned epochs, global
-batch, train and val resolution and val crop ratio; a value a record lacks is None, and None
+effective recipe is everything that changes what is trained or how it is scored (`RECIPE`):
+dataset, recipe, network, form, blurpool, stage, planned epochs and step limit, global and
+per-device batch, train and val resolution and val crop ratio, precision, the weights it started
+from (or, for `validate`, what it scored), and every optimisation, regularisation, augmentation
+and evaluation setting (`TRAINING`, `DATA`: lr, schedule, weight decay, label smoothing,
+MixUp/CutMix, zero-init residual, EMA, flip TTA, ...). Seeds are the only thing a cell averages
+over (a cell holding two runs of one seed says so). A value a record lacks is None, and None
 matches only None (a record older than its `dataset` key is on the data its network is
 registered on, `models.dataset_of`). When one (dataset, recipe, network) holds several recipes,
 the cell is the one trained at the recipe's own global batch (`global_batch_size`, as the
@@ -27,9 +32,36 @@ from ..models import dataset_of, model_entry, registered_name
 
 NETWORK = ("dataset", "recipe", "network", "depth", "cardinality", "bottleneck_width")
 # What else must agree for two runs to be seeds of one cell: the effective recipe. name -> label.
+# The model's and the Trainer's settings that change what is trained or how it is scored:
+# key -> (config section, config key, label). Speed knobs (compile, channels_last, workers)
+# change no number a table shows and are left out.
+TRAINING = {
+    "lr": ("model", "lr", "lr"), "momentum": ("model", "momentum", "momentum"),
+    "nesterov": ("model", "nesterov", "nesterov"),
+    "weight_decay": ("model", "weight_decay", "weight decay"),
+    "no_bn_weight_decay": ("model", "no_bn_weight_decay", "no BN weight decay"),
+    "schedule": ("model", "schedule", "schedule"),
+    "milestones": ("model", "milestones", "milestones"), "gamma": ("model", "gamma", "gamma"),
+    "warmup_epochs": ("model", "warmup_epochs", "warmup epochs"),
+    "peak_epoch": ("model", "peak_epoch", "peak epoch"),
+    "label_smoothing": ("model", "label_smoothing", "label smoothing"),
+    "mixup_alpha": ("model", "mixup_alpha", "MixUp alpha"),
+    "cutmix_alpha": ("model", "cutmix_alpha", "CutMix alpha"),
+    "zero_init_residual": ("model", "zero_init_residual", "zero-init residual"),
+    "ema_decay": ("model", "ema_decay", "EMA decay"), "flip_tta": ("model", "flip_tta", "flip TTA"),
+    "nonfinite_loss": ("model", "nonfinite_loss", "non-finite loss"),
+    "gradient_clip_val": ("trainer", "gradient_clip_val", "gradient clip"),
+}
+# The DataModules' augmentation and split settings (the resolution and crop are RECIPE's own).
+DATA = {"padding": "padding", "flip": "flip", "crop_scale": "crop scale",
+        "val_fraction": "val fraction", "order": "order", "classes": "classes"}
 RECIPE = {"form": "form", "blurpool": "blurpool", "stage": "stage", "epochs": "epochs",
-          "global_batch": "global batch", "train_res": "train res",
-          "train_res_final": "final train res", "val_res": "val res", "val_crop_ratio": "val crop"}
+          "max_steps": "max steps", "global_batch": "global batch",
+          "per_device_batch": "per-device batch", "train_res": "train res",
+          "train_res_final": "final train res", "val_res": "val res", "val_crop_ratio": "val crop",
+          "precision": "precision", "weights": "weights",
+          **{k: label for k, (_, _, label) in TRAINING.items()},
+          **{f"data.{k}": label for k, label in DATA.items()}}
 
 
 @dataclass
@@ -53,6 +85,8 @@ def summarize(record: dict, metric: str = "final") -> dict:
     # A validate run evaluates once: its best is its final.
     result = record.get(metric) or (record.get("final") if stage == "validate" else None) or {}
     entry = model_entry(network) if network else {}
+    if record.get("evaluated") == "untrained":  # scored an untrained network: never a result
+        stage = "validate (untrained)"
     return {"arch": record.get("arch") or (config.get("model") or {}).get("arch"),
             "network": network, "paper_setting": bool(entry.get("in_paper")),
             "status": record.get("status", "unknown"),
@@ -62,17 +96,45 @@ def summarize(record: dict, metric: str = "final") -> dict:
             "recipe": record.get("recipe"), "seed": record.get("seed"), "stage": stage,
             "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
             "form": model.get("form"), "blurpool": bool(model.get("blurpool")),
-            "epochs": record.get("max_epochs") or trainer.get("max_epochs") or len(history),
-            "global_batch": scale.get("global_batch"),
+            # Planned epochs; a step-limited run (max_epochs -1) plans steps, not epochs.
+            "epochs": (record.get("max_epochs") or trainer.get("max_epochs") or len(history))
+            if record.get("max_epochs") != -1 else None,
+            "max_steps": record.get("max_steps"), "global_batch": scale.get("global_batch"),
+            "per_device_batch": scale.get("per_device_batch"),
             "recipe_batch": config.get("global_batch_size"),  # the recipe's stated batch
             "train_res": resolution.get("train"),
             "train_res_final": resolution.get("train_final"), "val_res": resolution.get("val"),
             # Rounded: 224/256 computed two ways must still be one recipe.
             "val_crop_ratio": None if crop is None else round(crop, 4),
+            "precision": record.get("precision") or str(trainer.get("precision") or "") or None,
+            "weights": _weights(record, config, stage),
+            **{k: _hashable(_section(config, section).get(key))
+               for k, (section, key, _) in TRAINING.items()},
+            **{f"data.{k}": _hashable(_section(config, "data").get(k)) for k in DATA},
             "params": model.get("params"), "macs": model.get("macs"),
             "top1": result.get("val/top1_err"), "top5": result.get("val/top5_err"),
             "history": history, "images_per_s": record.get("images_per_s"),
             "paper": entry.get("paper", {})}
+
+
+def _section(config: dict, name: str) -> dict:
+    """A config section as a dict; `data` is its init_args (the class is the dataset's)."""
+    section = config.get(name) if isinstance(config.get(name), dict) else {}
+    return section.get("init_args") or {} if name == "data" else section
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _weights(record: dict, config: dict, stage: str) -> str | None:
+    """By file name: what a `fit` started from (None: from scratch), or what a `validate`
+    scored ("checkpoint": any run's checkpoint, so seeds average; a weights file; "untrained")."""
+    if stage.startswith("validate") and record.get("checkpoint"):
+        return "checkpoint"
+    start = (record.get("evaluated") if stage.startswith("validate") else None) or (
+        config.get("model") or {}).get("weights")
+    return None if start is None else str(start).rsplit("/", 1)[-1]
 
 
 def choose_cell(name: str, where: dict, runs: list[dict]) -> Cell:
@@ -117,9 +179,9 @@ def picker(by: dict[tuple, list[dict]], recipe: str, placed: set[int]):
     return pick, picked
 
 
-def _show(value) -> str:
+def _show(value, missing: str = "unrecorded") -> str:
     if value is None:
-        return "unrecorded"
+        return missing
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -129,18 +191,25 @@ def describe(s: dict) -> str:
     train = _show(s["train_res"]) + ("" if s["train_res_final"] in (None, s["train_res"])
                                      else f"->{s['train_res_final']}")
     res = "resolution unrecorded" if {s["train_res"], s["val_res"]} == {None} else (
-        f"{train} px train / {_show(s['val_res'])} px val (crop {_show(s['val_crop_ratio'])})")
-    text = f"form ({_show(s['form'])}), {_show(s['epochs'])} epochs, " \
+        f"{train} px train / {_show(s['val_res'])} px val" + (
+            "" if s["val_crop_ratio"] is None else f" (crop {_show(s['val_crop_ratio'])})"))
+    steps = f" (at most {s['max_steps']} steps)" if s.get("max_steps") else ""
+    text = f"form ({_show(s['form'])}), {_show(s['epochs'])} epochs{steps}, " \
            f"global batch {_show(s['global_batch'])}, {res}"
+    text += f", {s['precision']}" if s.get("precision") else ""
     text += ", blurpool" if s.get("blurpool") else ""
+    text += f", weights {s['weights']}" if s.get("weights") else ""
     if s["stage"] not in ("fit", "validate"):
         text += f", {s['stage']}"  # e.g. "W&B piece": a W&B run that may be part of a run
     return text + (", evaluated by `validate`" if s["stage"] == "validate" else "")
 
 
-def differences(s: dict, cell: dict) -> str:
-    """How a setting differs from its cell's: 'epochs 2 (cell: 100); global batch 512 (...)'."""
-    return "; ".join(f"{label} {_show(s[k])} (cell: {_show(cell[k])})"
+def differences(s: dict, cell: dict, than: str = "cell") -> str:
+    """How a setting differs from its cell's (or `than`'s): 'epochs 2 (cell: 100); ...'."""
+    def show(k, value):  # a training setting's None is "off", not a gap in the record
+        off = k in TRAINING or k.startswith("data.") or k in ("weights", "max_steps")
+        return _show(value, "none" if off else "unrecorded")
+    return "; ".join(f"{label} {show(k, s[k])} ({than}: {show(k, cell[k])})"
                      for k, label in RECIPE.items() if s[k] != cell[k])
 
 

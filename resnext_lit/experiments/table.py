@@ -14,15 +14,16 @@ never a zero. Writes tables.md, tables.csv (one row per cell) and PNGs: train/va
 (Fig. 5 style) and error vs params (Fig. 7 style; `figures.py`), each written atomically.
 `build_tables` is a pure function of records (`records.py` reads them).
 
-How cells are formed (`cells.py`): a run counts for the network it built, looked up by (depth,
-C, d), not by its `--model.arch` name, and a cell averages only runs of one effective
-recipe (dataset, recipe, network, form, stage, planned epochs, global batch, train/val resolution,
-val crop ratio). When a network's runs hold several recipes, the cell takes the one with the
-most planned epochs, then the most finished runs; the others are listed in "Runs apart from the
-paper cells", each naming how it differs ("epochs 2 (cell: 100)"), never averaged in. A note
-under each table states its cells' recipe. `validate` records (a checkpoint evaluated again)
-count only in Table 5, which takes each evaluation at 224 px and at 320 px; a `fit` run's final
-error is an evaluation at its own val resolution.
+How cells are formed (`cells.py`): a run counts for the network it built, looked up by (depth, C,
+d), not by its `--model.arch` name, and a cell averages only runs of one effective recipe: every
+setting that changes what is trained or how it is scored (`cells.RECIPE`: network, form, epochs,
+batch, resolution, precision, weights, lr and schedule, regularisation, augmentation, EMA, TTA,
+...); seeds are all it averages over. When a network's runs hold several recipes, the cell takes
+the one with the most planned epochs, then the most finished runs; the others are listed in "Runs
+apart from the paper cells", each naming how it differs ("epochs 2 (cell: 100)"), never averaged
+in. A note under each table states its cells' recipe. `validate` records (a checkpoint evaluated
+again) count only in Table 5, which takes each evaluation at 224 px and at 320 px; a `fit` run's
+final error is an evaluation at its own val resolution.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +73,10 @@ def cell_text(mean, std=None, n=1, runs=()) -> str:
         states = sorted({r["status"] for r in runs})
         return f"{GAP} ({', '.join(states)})" if states else GAP
     text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-    return text + (f" (n={n})" if n > 1 else "")
+    # Seeds are what a cell averages: runs that share one are repeats, and the cell says so.
+    seeds = Counter(r["seed"] for r in runs if r["status"] == "finished")
+    repeats = "".join(f", {k} runs of seed {seed}" for seed, k in seeds.items() if k > 1)
+    return text + (f" (n={n}{repeats})" if n > 1 else "")
 
 
 def diff(mean, paper) -> str:
@@ -254,14 +259,16 @@ def _other(runs: list[dict]) -> Table:
     for r in runs:  # one row per network and effective recipe: never average a smoke run in
         key = (r["network"] or r["arch"], *setting_of(r).values())
         groups.setdefault(tuple(map(str, key)), []).append(r)
-    for _, found in sorted(groups.items()):
+    # Per network, the group with the most runs first: the rows after it name how they differ.
+    for _, found in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0])):
         s, name = setting_of(found[0]), found[0]["network"] or found[0]["arch"]
         c, d, depth = s["cardinality"], s["bottleneck_width"], s["depth"]
         setting = GAP if c is None else f"{c}x{d}d"
         # "<data>: ..." names the series of the error-vs-params plot: one line per dataset.
         label = f"{s['dataset']}: {name} {setting}" + (f" depth {depth}" if depth else "")
-        if label in t.runs:  # the same network with another recipe
-            label += f" ({describe(s)})"
+        if label in t.runs:  # the same network with another recipe: name the difference
+            first = setting_of(t.runs[label][0])
+            label += f" ({differences(s, first, 'first row') or describe(s)})"
         t.runs[label] = found
         params, macs = known(found, "params"), known(found, "macs")
         speed = stat(found, "images_per_s")[0]
