@@ -199,3 +199,22 @@ def test_ddp_validates_every_test_image_once(cifar_make, tmp_path):
     for name in ("val/top1_err", "val/top5_err"):  # top-5 moves even when top-1 is 100%
         assert metrics[name] == pytest.approx(record["final"][name], abs=1e-4), name
         assert round(record["final"][name] * 27 / 100, 4).is_integer(), record["final"]
+
+
+def test_a_copy_with_bytes_keys_reads_and_a_missing_entry_is_named(cifar_make, tmp_path):
+    """A release re-pickled after `pickle.load(f, encoding="bytes")` has b"data" keys: read as
+    the release. A file without the labels names the missing entry."""
+    from resnext_lit.data.cifar import read_batch
+
+    root = cifar_make(tmp_path / "bytes", 10, 4) / "cifar-10-batches-py"
+    path = root / "test_batch"
+    data, labels = read_batch(path, "labels")
+    with open(path, "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    path.write_bytes(pickle.dumps({k.encode(): v for k, v in raw.items()}))
+    again = read_batch(path, "labels")
+    assert np.array_equal(again[0], data) and np.array_equal(again[1], labels)
+    path.write_bytes(pickle.dumps({"data": raw["data"]}))
+    with pytest.raises(ValueError, match=r"test_batch is not a CIFAR batch file: it has no "
+                                         r"'labels' entry"):
+        read_batch(path, "labels")

@@ -156,3 +156,18 @@ def test_a_checkpoint_of_a_run_started_from_weights_outlives_the_file(tmp_path, 
                  "--data.image_size=8", "--data.num_train=16", "--trainer.logger=false",
                  "--trainer.enable_progress_bar=false", f"--ckpt_path={ckpt}"])
     assert code == 0
+
+
+def test_a_lightning_modules_own_state_dict_loads(tmp_path):
+    """`torch.save(module.state_dict())` holds the network under `model.` (and its EMA copy
+    under `ema.`): it loads as a checkpoint's would, EMA first."""
+    torch.manual_seed(0)
+    ours = ResNeXtModule(**TINY, ema_decay=0.9)
+    with torch.no_grad():
+        _randomise_bn(ours.model)
+        ours.ema.module.load_state_dict(ours.model.state_dict())
+    torch.save(ours.state_dict(), tmp_path / "module.pt")
+    loaded = ResNeXtModule(**TINY, weights=str(tmp_path / "module.pt")).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ours.eval().model(x), rtol=1e-4, atol=1e-5)

@@ -58,9 +58,14 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _ArraysOnly(f, encoding="latin1").load()  # written by Python 2's cPickle
+        # A copy re-pickled after loading with encoding="bytes" has bytes keys (b"data").
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+    except KeyError as err:
+        raise UserError(f"{path} is not a CIFAR batch file: it has no {err} entry") from None
+    except (OSError, EOFError, AttributeError, TypeError, ValueError,
+            pickle.UnpicklingError) as err:
         raise UserError(f"{path} is not a CIFAR batch file: {err}") from None
     if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE ** 2 or len(data) != len(labels):
         raise UserError(f"{path} is not a CIFAR batch file: data {data.shape}, "

@@ -8,9 +8,9 @@ A file is read with `torch.load(weights_only=True)` (tensors only, no pickled co
 - a state dict with torchvision's names, e.g. `torch.save(torchvision.models.resnext50_32x4d()
   .state_dict(), f)`: form (c) keeps those names (`resnext_lit.models.resnext`);
 - ours, `ResNeXtModule.model.state_dict()`, in any form: (a) and (b) are told by their keys;
-- a Lightning checkpoint: its `state_dict`'s EMA copy (`ema.module.*`, see `ResNeXtModule`'s
-  `ema_decay`) when it has one, since those are the weights the run validated and reported;
-  otherwise its `model.*` weights.
+- a Lightning checkpoint, or a `ResNeXtModule.state_dict()` (keys `model.*`): its EMA copy
+  (`ema.module.*`, see `ResNeXtModule`'s `ema_decay`) when it has one, since those are the
+  weights the run validated and reported; otherwise its `model.*` weights.
 Weights load strictly into the network of their own form, which is then converted into the
 requested one (`convert.copy_form`): the forms are one function (arXiv:1611.05431 Sec. 3.3), so
 form (a) computes what torchvision's grouped convs compute.
@@ -52,9 +52,13 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
                             f"({unsafe}); save its state_dict() alone") from None
         raise UserError(f"weights {path} is not a readable PyTorch file (truncated or corrupt?)"
                         f": {reason}") from None
+    module = False  # `ResNeXtModule.state_dict()`: the network under `model.` (and `ema.`)
     if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
-        return obj, "state dict"
-    state = obj.get("state_dict") if isinstance(obj, dict) else None
+        if not all(k.startswith(("model.", "ema.")) for k in obj):
+            return obj, "state dict"
+        state, module = obj, True
+    else:
+        state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"weights {path}: neither a state dict nor a Lightning checkpoint")
     prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
@@ -62,8 +66,8 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], str]:
     if not net:
         raise UserError(f"weights {path}: a Lightning checkpoint without `model.*` weights "
                         f"(not a resnext_lit checkpoint?)")
-    return net, ("Lightning checkpoint, EMA weights" if prefix == "ema.module."
-                 else "Lightning checkpoint")
+    kind = "the LightningModule's state dict" if module else "Lightning checkpoint"
+    return net, kind + (", EMA weights" if prefix == "ema.module." else "")
 
 
 def state_form(state: dict[str, torch.Tensor]) -> str:
