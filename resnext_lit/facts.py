@@ -12,6 +12,9 @@ facts from here, so a table never sees two versions of one.
   (`resnext_lit.models.depth_of`), params and MACs at `size` (`resnext_lit.models.complexity`).
 - `dataset_name(datamodule, classes)`: what a table calls the data ("imagenet", "cifar100", ...).
 - `resolution(datamodule, trainer)`: train (first and last epoch), val px and val crop ratio.
+- `counted_at(datamodule)`: the resolution params and MACs are counted at: the val one, where
+  the recorded errors are measured (the paper counts FLOPs at its 224 px test crop).
+- `training_limits(trainer)`: planned epochs and step limit, and the precision that ran.
 """
 
 from __future__ import annotations
@@ -60,6 +63,19 @@ def dataset_name(datamodule, num_classes: int) -> str | None:
     if kind in ("ffcv", "imagefolder") and num_classes == 1000:
         return "imagenet"
     return kind
+
+
+def counted_at(datamodule) -> int:
+    return (getattr(datamodule, "val_image_size", None) or getattr(datamodule, "image_size", None)
+            or 224)
+
+
+def training_limits(trainer) -> dict:
+    """max_epochs (-1: step-limited), max_steps (None: none), and the precision that runs:
+    Lightning's (a CPU asked for "16-mixed" runs "bf16-mixed"), not the config's."""
+    return {"max_epochs": trainer.max_epochs,
+            "max_steps": None if trainer.max_steps == -1 else trainer.max_steps,
+            "precision": str(trainer.precision)}
 
 
 def resolution(datamodule, trainer) -> dict:

@@ -28,6 +28,7 @@ from resnext_lit.data.distributed import ExactShardSampler, rank_slice
 from resnext_lit.data.ffcv import FFCVDataModule, ProgressiveResizing
 from resnext_lit.data.folder import ImageFolderDataModule
 from resnext_lit.data.images import export_imagefolder, load_rgb
+from resnext_lit.models import complexity, create_model
 
 COLOUR_TOLERANCE = 8  # 0-255 levels: JPEG at quality 90 and resizing of flat colours
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_lightning_uses_one_ffcv_batch_at_a_time(beton_varied_written, monkeypat
     assert main(["fit", "--config", str(ROOT / "configs" / "demo.yaml"),
                  "--data=resnext_lit.data.ffcv.FFCVDataModule", f"--data.train_path={beton}",
                  f"--data.val_path={beton}", "--data.batch_size=16", "--data.res=32",
-                 "--data.val_res=32", "--data.num_workers=2", "--data.batches_ahead=2",
+                 "--data.val_res=40", "--data.num_workers=2", "--data.batches_ahead=2",
                  "--model.arch=resnext11_2x4d", "--trainer.max_epochs=2",
                  "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=3",
                  "--trainer.num_sanity_val_steps=0", "--model.warmup_epochs=0",
@@ -120,6 +121,14 @@ def test_lightning_uses_one_ffcv_batch_at_a_time(beton_varied_written, monkeypat
     assert events.count("start") == 2 * (4 + 3)
     # Every fetch is used, start to end, before the next fetch: never two batches in hand.
     assert events == ["fetch", "start", "end"] * (2 * (4 + 3)), events
+    # The record counts MACs where its errors are measured: at val_res, not the train res.
+    (path,) = tmp_path.rglob("results.json")
+    record = json.loads(path.read_text())
+    assert record["resolution"] == {"train": 32, "train_final": 32, "val": 40,
+                                    "val_crop_ratio": 0.875}
+    assert record["model"]["image_size"] == 40
+    network = create_model("resnext11_2x4d", num_classes=record["model"]["num_classes"])
+    assert record["model"]["macs"] == complexity(network, 40)["macs"]
 
 
 def test_an_abandoned_epoch_stops_even_when_all_of_it_is_queued(beton_varied_written):

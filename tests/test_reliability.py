@@ -10,6 +10,7 @@ they land is exact and the test never races the training.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -42,11 +43,14 @@ TIMEOUT_S = 600
 
 # -- hooks the training subprocesses load (`--trainer.callbacks+=test_reliability.X`) ---------
 class NaNAt(Callback):
-    """Poison the run at `step`: NaN logits for that one step ("loss"), or NaN in a weight just
+    """Poison the run at `step`: NaN logits for that one step ("loss"), one inf pixel in that
+    step's batch ("pixel": BatchNorm's forward sees it; `skip.json` then says whether the step
+    left the module's tensors and the optimiser's state as they were), or NaN in a weight just
     before the epoch's validation and checkpoint ("weights")."""
 
     def __init__(self, step: int, what: str = "loss"):
         self.step, self.what = step, what
+        self.before = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.what == "loss" and trainer.global_step == self.step:
@@ -54,6 +58,23 @@ class NaNAt(Callback):
                 handle.remove()
                 return output * float("nan")
             handle = pl_module.model.fc.register_forward_hook(once)
+        if self.what == "pixel" and trainer.global_step == self.step:
+            self.before = (batch_idx, copy.deepcopy(pl_module.state_dict()),
+                           copy.deepcopy(trainer.optimizers[0].state_dict()["state"]))
+            batch[0][0, 0, 0, 0] = float("inf")  # normalised already: the model's input
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.before is None or self.before[0] != batch_idx:
+            return
+        _, module, optimizer = self.before
+        after = trainer.optimizers[0].state_dict()["state"]
+        Path("skip.json").write_text(json.dumps({
+            "changed": [k for k, v in pl_module.state_dict().items()
+                        if not torch.equal(v, module[k])],
+            "optimizer_changed": [i for i in optimizer if not all(
+                torch.equal(v, after[i][k]) for k, v in optimizer[i].items())],
+            "optimizer_states": len(optimizer)}))
+        self.before = None
 
     def on_validation_start(self, trainer, pl_module):
         if self.what == "weights" and trainer.global_step == self.step:
@@ -220,16 +241,36 @@ def test_nan_weights_never_reach_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_loss_skipped_when_asked(tmp_path):
-    out = fit(tmp_path, "--model.nonfinite_loss=skip",
-              "--trainer.callbacks+=test_reliability.NaNAt", "--trainer.callbacks.step=8")
+def test_an_inf_pixel_skipped_leaves_weights_optimiser_and_batchnorm_as_they_were(tmp_path):
+    """One inf pixel at step 8: BatchNorm's forward writes it into the running statistics
+    before the loss is seen. `skip` puts them back: the step changes no tensor of the module
+    (weights, BN statistics, EMA) and no optimiser state, and the run finishes."""
+    out = fit(tmp_path, "--model.nonfinite_loss=skip", "--model.ema_decay=0.9",
+              "--trainer.callbacks+=test_reliability.NaNAt", "--trainer.callbacks.step=8",
+              "--trainer.callbacks.what=pixel")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipped a step: nan training loss at step 8 (epoch 1, batch 2)" in out.stderr
+    skipped = json.loads((tmp_path / "skip.json").read_text())
+    assert skipped == {"changed": [], "optimizer_changed": [],
+                       "optimizer_states": skipped["optimizer_states"]}
+    assert skipped["optimizer_states"] > 0  # momentum buffers existed, and stayed
     rec = record(tmp_path)
     assert rec["status"] == "finished"
     assert [e["step"] for e in rec["epochs"]] == [6, 12, 18]  # the skipped step still counts
     ckpt = last_ckpt(tmp_path)
     assert all_finite(ckpt)
+
+
+@pytest.mark.slow
+def test_skip_gives_up_after_21_bad_steps_with_a_line_that_fits_skip(tmp_path):
+    """lr 1e12: every loss after the first update is NaN. `skip` gives up at the 21st in a row
+    with one line that says the weights are those before them, not 'use skip'."""
+    out = fit(tmp_path, "--model.nonfinite_loss=skip", "--model.lr=1e12",
+              "--trainer.limit_train_batches=24", "--trainer.max_epochs=1")
+    assert out.returncode == 1, out.stderr[-3000:]
+    (line,) = errors(out)
+    assert "21 skipped steps in a row" in line and "before the first of them" in line, line
+    assert "nonfinite_loss" not in line and not list(tmp_path.rglob("*.ckpt"))
 
 
 # -- checkpoint files --------------------------------------------------------------------------

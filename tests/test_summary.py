@@ -34,3 +34,23 @@ def test_summary_prints_the_newest_run(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "resnext11_8x4d, not in the paper" in out and "9.50" in out
+
+
+def test_a_run_without_validation_says_so_instead_of_blanks(tmp_path, capsys):
+    """No validated epoch and no speed yet: the closing line says so, with no "None" or empty
+    figures; a run validated before its last epoch names the epoch its final error is from."""
+    run = tmp_path / "demo" / "a"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(record(
+        11, 8, 4, "digits", epochs=[{"epoch": 0, "train/loss": 2.0}], best=None,
+        images_per_s=None)))
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "not validated yet, wall time 12 s" in out and "None" not in out
+    assert "img/s," not in out
+    (run / "results.json").write_text(json.dumps(record(
+        11, 8, 4, "digits", final={"val/top1_err": 9.5, "epoch": 0},
+        epochs=[{"epoch": 0, "val/top1_err": 9.5}, {"epoch": 1, "train/loss": 1.0}])))
+    assert main([str(tmp_path)]) == 0
+    assert "best val top-1 error 9.50% (epoch 0), final 9.50% (epoch 0), 100 img/s" in \
+        capsys.readouterr().out

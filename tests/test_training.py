@@ -40,6 +40,7 @@ def test_fast_dev_run_on_synthetic_data(tmp_path):
               "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fast_dev_run" in out.stdout + out.stderr
+    assert not list(tmp_path.rglob("results.json"))  # a smoke run is no result
 
 
 class SeeCallbacks(Callback):
@@ -202,6 +203,50 @@ def test_resume_from_last_continues_step_and_lr(tmp_path):
     assert lrs == pytest.approx([base, base, 0.1 * base, 0.1 * base])
 
 
+@pytest.mark.slow
+def test_records_state_only_what_happened(tmp_path):
+    """A step-limited run (max_epochs unset, 7 steps of 3 per epoch) validated every 2nd epoch:
+    only epoch 1 holds val numbers, `final` names it, the cosine schedule spans the 7 steps,
+    and "16-mixed" on a CPU is recorded as the bf16 it ran. Then `validate` of its checkpoint
+    carries the checkpoint's training facts, and `validate` without weights says it scores an
+    untrained network, whose record a table never puts in a cell with the real evaluation."""
+    from resnext_lit.experiments.cells import summarize
+    from resnext_lit.experiments.records import load_local
+    from resnext_lit.experiments.table import build_tables, markdown
+
+    short = [*TINY, "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1"]
+    out = cli("fit", "--config", DEMO, *short, "--trainer.max_epochs=null",
+              "--trainer.max_steps=7", "--trainer.check_val_every_n_epoch=2",
+              "--trainer.precision=16-mixed", "--run_name=trained", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = results(tmp_path / "runs" / "trained")
+    assert [(e["epoch"], e["step"], "val/top1_err" in e) for e in rec["epochs"]] == \
+        [(0, 3, False), (1, 6, True), (2, 7, False)]
+    assert rec["final"] == {"val/top1_err": rec["epochs"][1]["val/top1_err"],
+                            "val/top5_err": rec["epochs"][1]["val/top5_err"], "epoch": 1}
+    base = 0.4 * 64 / 256
+    assert [e["lr"] for e in rec["epochs"]] == pytest.approx(
+        [base * 0.5 * (1 + math.cos(math.pi * s / 7)) for s in (2, 5, 6)])  # each epoch's last
+    assert (rec["max_epochs"], rec["max_steps"], rec["precision"]) == (-1, 7, "bf16-mixed")
+
+    ckpt = next((tmp_path / "runs" / "trained").rglob("last.ckpt"))
+    scored = cli("validate", "--config", DEMO, *short, f"--ckpt_path={ckpt}",
+                 "--run_name=scored", cwd=tmp_path)
+    untrained = cli("validate", "--config", DEMO, *short, "--run_name=untrained", cwd=tmp_path)
+    assert scored.returncode == untrained.returncode == 0, untrained.stderr[-2000:]
+    assert "scoring an untrained network" in untrained.stderr
+    assert "untrained" not in scored.stderr
+    facts = results(tmp_path / "runs" / "scored")
+    assert (facts["evaluated"], facts["max_epochs"], facts["max_steps"]) == (str(ckpt), -1, 7)
+    assert facts["trained"]["run"] == rec["run"]
+    assert facts["trained"]["global_step"] == 6  # last.ckpt: saved at the last validation
+    blank = results(tmp_path / "runs" / "untrained")
+    assert (blank["evaluated"], blank["trained"], blank["max_epochs"]) == ("untrained", None, None)
+    assert summarize(blank)["stage"] == "validate (untrained)"
+    text = markdown(build_tables(load_local(tmp_path / "runs")))
+    assert "validate (untrained)" in text and "(n=2)" not in text
+
+
 BAD_INPUTS = [
     (["--model.arch=resnext50_32x4"], "unknown model 'resnext50_32x4'; closest: resnext50_32x4d"),
     (["--model.lr=0"], '"model.lr": Not of type PositiveFloat'),
@@ -213,6 +258,17 @@ BAD_INPUTS = [
     (["--model.cardinality=0"], "cardinality must be an integer >= 1, got 0"),
     (["--global_batch_size=100", "--trainer.devices=3", "--trainer.strategy=ddp"],
      "global_batch_size=100 does not divide over 3 process(es) x 1 accumulation step(s)"),
+    (["--model.label_smoothing=1.5"], "model.label_smoothing must be in [0, 1], got 1.5"),
+    (["--model.momentum=0"], "model.nesterov needs model.momentum > 0, got 0.0"),  # demo: Nesterov
+    (["--trainer.max_epochs=-1"], "trainer.max_epochs=-1 trains for ever: set trainer.max_steps"),
+]
+# Checks that need the training set's size: after the start-up lines (scale, run), before any
+# training step, one error line and nothing of the run written.
+AFTER_DATA = [
+    (["--data.init_args.batch_size=5000"],
+     "data.batch_size=5000 per device x 1 device(s) leaves no full training batch"),
+    (["--trainer.max_epochs=-1", "--trainer.max_steps=5", "--model.warmup_epochs=2"],
+     "model.warmup_epochs=2.0 must be in [0, trainer.max_steps=5 (0.227273 epochs))"),
 ]
 
 
@@ -228,6 +284,32 @@ def test_bad_input_is_one_line_before_training(tmp_path, monkeypatch, capsys, ar
     errors = [line for line in stderr.splitlines() if line.strip()]
     assert errors == [errors[-1]] and message in errors[-1], stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+@pytest.mark.parametrize("args, message", AFTER_DATA, ids=[a[0][-1] for a in AFTER_DATA])
+def test_bad_input_known_once_the_data_is_loaded_is_one_line(tmp_path, monkeypatch, capsys,
+                                                            args, message):
+    from resnext_lit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", DEMO, *args]) == 2
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]], stderr[-2000:]
+    assert message in lines[-1] and "Traceback" not in stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no record, config, ckpt
+
+
+def test_max_epochs_minus_one_with_max_steps_trains_without_blaming_warmup(tmp_path, monkeypatch):
+    """`--trainer.max_epochs -1 --trainer.max_steps 2` with no warmup: trains its 2 steps (the
+    old check compared warmup_epochs=0 with max_epochs=-1 and refused)."""
+    from resnext_lit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", DEMO, *TINY, "--trainer.max_epochs=-1",
+                 "--trainer.max_steps=2", "--trainer.limit_val_batches=1"]) == 0
+    rec = results(tmp_path / "runs")
+    assert (rec["status"], rec["max_steps"], rec["epochs"][-1]["step"]) == ("finished", 2, 2)
 
 
 @pytest.mark.slow

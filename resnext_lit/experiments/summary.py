@@ -95,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     if (line := input_bound(record["epochs"])) is not None:
         console.print(line, markup=False, highlight=False)
-    best = record.get("best") or {}
-    console.print(f"best val top-1 error {number(best.get('val/top1_err'))}% (epoch "
-                  f"{best.get('epoch')}), {number(record.get('images_per_s'), '.0f')} img/s, "
-                  f"wall time {record['wall_time_s']:.0f} s")
+    best, final = record.get("best") or {}, record.get("final") or {}
+    speed = record.get("images_per_s")
+    parts = [f"best val top-1 error {number(best['val/top1_err'])}% (epoch {best['epoch']})"
+             if best.get("val/top1_err") is not None else "not validated yet"]
+    if final.get("epoch") is not None:  # the last validated epoch, which need not be the last
+        parts.append(f"final {number(final['val/top1_err'])}% (epoch {final['epoch']})")
+    if speed is not None:
+        parts.append(f"{speed:.0f} img/s")
+    console.print(", ".join([*parts, f"wall time {record['wall_time_s']:.0f} s"]))
     console.print(f"run: {path.parent}\ncheckpoints: {path.parent / 'checkpoints'}\n"
                   f"record: {path}")
     return 0

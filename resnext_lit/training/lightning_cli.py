@@ -101,8 +101,15 @@ class ResNeXtCLI(LightningCLI):
         model, trainer = config.model, config.trainer
         model_config(model.arch, **{k: model.get(k) for k in OVERRIDES if k != "num_classes"})
         if sub == "fit" and not trainer.get("fast_dev_run"):
-            check_schedule(model.schedule, trainer.get("max_epochs") or DEFAULT_MAX_EPOCHS,
-                           model.milestones, model.warmup_epochs, model.peak_epoch)
+            epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+            if epochs in (None, -1) and steps in (None, -1):
+                if epochs == -1:
+                    raise UserError("trainer.max_epochs=-1 trains for ever: set "
+                                    "trainer.max_steps too (the lr schedule needs an end)")
+                epochs = DEFAULT_MAX_EPOCHS  # Lightning's default
+            if epochs not in (None, -1):  # else sized from max_steps once the data is loaded
+                check_schedule(model.schedule, epochs, model.milestones, model.warmup_epochs,
+                               model.peak_epoch)
         self.run = which_run(config, sub or "fit")
 
 
@@ -207,6 +214,11 @@ class ResNeXtCLI(LightningCLI):
         # A validate run (e.g. Table 5's 320 px test) has a record too, whose `scale` is the
         # recipe's (validation itself uses the DataModule's val batch).
         self._apply_global_batch()
+        config = self.run_config
+        if self.trainer.is_global_zero and not (config.get("ckpt_path")
+                                                or config.model.get("weights")):
+            print("validate: no --ckpt_path and no --model.weights: scoring an untrained "
+                  "network (its record says so; tables never average it)", file=sys.stderr)
         self._describe_run()
 
     def _apply_global_batch(self) -> None:

@@ -30,7 +30,7 @@ from ..models import create_model, load_weights
 from .checkpoints import forget_start_weights
 from .nonfinite import NonFiniteGuard
 from .scale import run_scale
-from .schedules import lr_factor
+from .schedules import check_schedule, lr_factor
 
 
 class ResNeXtModule(LightningModule):
@@ -101,6 +101,10 @@ class ResNeXtModule(LightningModule):
         for key, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
             if alpha < 0:
                 raise UserError(f"model.{key} must be >= 0 (0 is off), got {alpha}")
+        if not 0 <= label_smoothing <= 1:  # a share of the target mass
+            raise UserError(f"model.label_smoothing must be in [0, 1], got {label_smoothing}")
+        if nesterov and momentum <= 0:  # torch.optim.SGD refuses it at the first step
+            raise UserError(f"model.nesterov needs model.momentum > 0, got {momentum}")
         self.model = create_model(arch, num_classes=num_classes, depth=depth, form=form,
                                   cardinality=cardinality, bottleneck_width=bottleneck_width,
                                   zero_init_residual=zero_init_residual, blurpool=blurpool)
@@ -162,10 +166,11 @@ class ResNeXtModule(LightningModule):
         targets = labels
         if self.mix is not None:
             images, targets, labels = self.mixed(images, labels)
+        statistics = self._nonfinite.keep(self.model)  # "skip": BN's running stats, to restore
         logits = self.model(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
-        if not self._nonfinite.check(self, loss, batch_idx):
-            return None  # skipped: no backward, no update
+        if not self._nonfinite.check(self, loss, batch_idx, statistics):
+            return None  # skipped: no backward, no update, BN statistics as before
         self.train_top1.update(logits.detach(), labels)
         self._clock.count("train", images.shape[0])
         # Off the progress bar: Lightning would read a bar metric back after every step; the
@@ -268,16 +273,38 @@ class ResNeXtModule(LightningModule):
         lr = self.scale()["lr"]  # the recipe's lr per 256 images x global batch / 256
         optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr,
                                     momentum=hp.momentum, nesterov=hp.nesterov)
-        # Sized from the real per-rank loader after setup (`estimated_stepping_batches` loads
-        # it), so milestones land on exact steps; max_steps or a resume does not change it.
-        _ = self.trainer.estimated_stepping_batches
-        steps_per_epoch = math.ceil(self.trainer.num_training_batches
-                                    / self.trainer.accumulate_grad_batches)
+        epochs, steps_per_epoch = self.schedule_length()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-            hp.schedule, step / steps_per_epoch, self.trainer.max_epochs, hp.milestones,
-            hp.gamma, hp.warmup_epochs, hp.peak_epoch))
+            hp.schedule, step / steps_per_epoch, epochs, hp.milestones, hp.gamma,
+            hp.warmup_epochs, hp.peak_epoch))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def schedule_length(self) -> tuple[float, int]:
+        """(epochs the lr schedule spans, optimiser steps per epoch). Sized from the real
+        per-rank loader after setup (loaded here, as `estimated_stepping_batches` does), so
+        milestones land on exact steps; a resume does not change it. The length is `max_epochs`
+        when set, else (-1 or unset, with `max_steps`) max_steps / steps per epoch: a
+        step-limited run gets its whole schedule in its steps."""
+        trainer, hp = self.trainer, self.hparams
+        if trainer.train_dataloader is None:  # the loader, also when max_epochs is -1
+            trainer.fit_loop.setup_data()
+        steps_per_epoch = math.ceil(trainer.num_training_batches
+                                    / trainer.accumulate_grad_batches)
+        if steps_per_epoch < 1:
+            data = trainer.datamodule
+            raise UserError(f"data.batch_size={getattr(data, 'batch_size', '?')} per device x "
+                            f"{trainer.world_size} device(s) leaves no full training batch: "
+                            "lower the batch size (or --global_batch_size)")
+        if trainer.max_epochs not in (None, -1):
+            return trainer.max_epochs, steps_per_epoch
+        if trainer.max_steps in (None, -1):  # parse time refuses this; a direct Trainer may not
+            raise UserError("trainer.max_epochs -1 and no trainer.max_steps: the lr schedule "
+                            "needs an end")
+        epochs = trainer.max_steps / steps_per_epoch
+        check_schedule(hp.schedule, epochs, hp.milestones, hp.warmup_epochs, hp.peak_epoch,
+                       limit=f"trainer.max_steps={trainer.max_steps} ({epochs:g} epochs)")
+        return epochs, steps_per_epoch
 
 
 class _Throughput:

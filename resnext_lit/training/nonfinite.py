@@ -41,7 +41,11 @@ class NonFiniteGuard:
       checkpoint is written (`verify`). A bad loss therefore stops training at most
       `every_n_steps - 1` steps later, never after a checkpoint saw it, and the line names the
       step it happened at and the steps the check covered.
-    - "skip" must know each step's verdict before its backward: one sync per step.
+    - "skip" must know each step's verdict before its backward: one sync per step. A skipped
+      step leaves the weights and the optimiser's state as they were (no backward, so no
+      gradient: SGD passes over every parameter), and the BatchNorm running statistics too:
+      its forward pass already wrote the bad batch into them, so `keep` copies them before the
+      forward and a skip puts them back (a few hundred KB for ResNeXt-101).
     """
 
     def __init__(self, mode: str = "stop", every_n_steps: int = NONFINITE_CHECK_EVERY_N_STEPS):
@@ -51,10 +55,22 @@ class NonFiniteGuard:
         self._window: list[tuple[int, int, int, float]] = []  # (step, epoch, batch, lr) unread
         self._first = self._value = None  # device: window index of the first bad loss, its value
 
-    def check(self, module, loss: torch.Tensor, batch_idx: int) -> bool:
+    def keep(self, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Before the forward pass, in "skip" mode: (buffer, its copy) of every buffer the
+        forward writes (BatchNorm's running mean, variance and batch count)."""
+        if self.mode != "skip":
+            return None
+        return [(b, b.detach().clone()) for b in model.buffers()]
+
+    def check(self, module, loss: torch.Tensor, batch_idx: int, statistics=None) -> bool:
         trainer = module.trainer
         if self.mode == "skip":
-            return self._check_now(trainer, loss, batch_idx)
+            taken = self._check_now(trainer, loss, batch_idx)
+            if not taken:
+                with torch.no_grad():
+                    for buffer, before in statistics or ():
+                        buffer.copy_(before)
+            return taken
         loss = loss.detach()
         if self._first is None:
             self._first = torch.full((), _NONE_BAD, dtype=torch.long, device=loss.device)
@@ -109,6 +125,7 @@ class NonFiniteGuard:
         if self._in_a_row <= MAX_SKIPPED_IN_A_ROW:
             rank_zero_warn(f"skipped a step: {where}")
             return False
-        raise NonFiniteError(f"{where} ({self._in_a_row} steps in a row: the weights are gone); "
-                             "stopped before any checkpoint saw it. Lower model.lr, check the "
-                             "data, or skip such steps with --model.nonfinite_loss=skip")
+        raise NonFiniteError(f"{where}: {self._in_a_row} skipped steps in a row, so training "
+                             "no longer moves; stopped before any checkpoint saw it (the weights "
+                             "are those before the first of them). Lower model.lr or check the "
+                             "data")

@@ -8,8 +8,14 @@ block: world size, per-device and global batch, accumulation and the lr after sc
 train and val `resolution` and val crop ratio) and what makes a figure trustworthy (resolved
 config, wall time, img/s, hardware, library versions). It is rewritten atomically after every
 epoch, so a crashed or preempted run still leaves a valid record with its `status`. A `validate`
-run (e.g. Table 5's 320 px test of a checkpoint) writes a record too, with `"stage": "validate"`.
+run (e.g. Table 5's 320 px test of a checkpoint) writes a record too, with `"stage": "validate"`,
+what it scored (`"evaluated"`: the checkpoint, a weights file, or "untrained") and the training
+facts of the checkpoint (`"trained"`: its planned epochs, epoch and step, scale, resolution).
 `python -m resnext_lit table` reads these files.
+
+A record states only what happened: an epoch's entry holds validation numbers only when that
+epoch was validated (`check_val_every_n_epoch`, a step limit), `final` is the last validated
+epoch (with its number), and a `fast_dev_run` smoke run writes no record at all.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..atomic import write_json_atomic
-from ..facts import dataset_name, environment, network_facts, resolution
+from ..facts import (
+    counted_at,
+    dataset_name,
+    environment,
+    network_facts,
+    resolution,
+    training_limits,
+)
 from ..models import ResNeXt
 from ..run_identity import slurm_job_key
 from .scale import run_scale
@@ -32,6 +45,9 @@ METRICS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5
            "train/images_per_s", "val/images_per_s",
            # is the run input-bound? (`resnext_lit.training.data_wait.DataWait`)
            "train/data_wait_frac", "train/data_ms_per_step", "train/compute_ms_per_step")
+# A fit record's training facts, which its checkpoints carry for a later `validate` record.
+TRAINED = ("run", "dataset", "recipe", "seed", "max_epochs", "max_steps", "precision", "scale",
+           "resolution")
 
 
 class RecordWriter(Checkpoint):
@@ -48,13 +64,23 @@ class RecordWriter(Checkpoint):
         self.run: dict = {}         # {"id", "name"} and the run's setting, set by the CLI
         self.setting: dict | None = None
         self.record: dict = {}
+        self._validated = None  # the epoch whose validation ran last (fit only)
+        self._checkpoint_at: dict = {}  # epoch and step of the checkpoint `validate` loaded
 
     def state_dict(self) -> dict:
+        # What a `validate` record cites, as plain JSON values: jsonargparse's PositiveInt (a
+        # batch size) would make the checkpoint unreadable with weights_only=True.
+        trained = json.loads(json.dumps({k: self.record.get(k) for k in TRAINED}))
         return {"epochs": self.record.get("epochs", []),
-                "wall_time_s": self.record.get("wall_time_s", 0.0), "run": self.run}
+                "wall_time_s": self.record.get("wall_time_s", 0.0), "run": self.run,
+                "trained": trained}
 
     def load_state_dict(self, state: dict) -> None:
         self._restored = state  # a resumed run keeps its earlier epochs and time
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._checkpoint_at = {"epoch": checkpoint.get("epoch"),
+                               "global_step": checkpoint.get("global_step")}
 
     def _history(self, trainer) -> dict:
         """What a resumed run already did. The record on disk is preferred: the checkpoint was
@@ -72,7 +98,7 @@ class RecordWriter(Checkpoint):
         # After Lightning restored a resumed run's loops, so current_epoch is the resumed one.
         # `log_dir` broadcasts from rank 0: every rank must ask, or DDP hangs.
         self._path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.fast_dev_run:  # a smoke run is no result
             return
         restored = self._history(trainer)
         self.record = self._new_record(trainer, pl_module, "fit")
@@ -85,15 +111,14 @@ class RecordWriter(Checkpoint):
         with torch.device("meta"):  # counted on meta tensors: no memory, no compute
             meta = ResNeXt(**pl_module.model.config)
         data = trainer.datamodule
-        size = getattr(data, "image_size", 224)
         hardware, versions = environment()
         return {
             "status": "running", "stage": stage, "arch": pl_module.hparams.arch,
-            "model": network_facts(meta, size),
+            "model": network_facts(meta, counted_at(data)),
             "dataset": dataset_name(data, pl_module.hparams.num_classes),
             "run": self.run, "setting": self.setting,
             "recipe": self.recipe, "seed": self.config.get("seed_everything"),
-            "config": self.config, "max_epochs": trainer.max_epochs,
+            "config": self.config, **training_limits(trainer),
             "scale": run_scale(trainer, data, pl_module.hparams.lr)
             if getattr(data, "batch_size", None) else None,
             "resolution": resolution(data, trainer),
@@ -103,31 +128,46 @@ class RecordWriter(Checkpoint):
             "hardware": hardware, "versions": versions}
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "validate":
+        if trainer.state.fn == "validate" and not trainer.fast_dev_run:
             # `log_dir` broadcasts from rank 0: every rank must ask, or DDP hangs.
             self._path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
             self._start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        """A `validate` run's record: the checkpoint's errors at this val resolution."""
-        if trainer.state.fn != "validate" or not trainer.is_global_zero:
+        """In `fit`: which epoch was validated. A `validate` run's record: the errors of what it
+        scored at this val resolution, with the checkpoint's training facts."""
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._validated = trainer.current_epoch
+        if trainer.state.fn != "validate" or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         self.record = self._new_record(trainer, pl_module, "validate")
         metrics = trainer.callback_metrics
-        self.record.update(status="finished", checkpoint=trainer.ckpt_path, final={
-            k: float(metrics[k]) for k in ("val/top1_err", "val/top5_err", "val/loss")
-            if k in metrics})
+        weights = pl_module.hparams.get("weights")
+        trained = (getattr(self, "_restored", None) or {}).get("trained") or {}
+        self.record.update(
+            status="finished", checkpoint=trainer.ckpt_path,
+            evaluated=trainer.ckpt_path or weights or "untrained",
+            # The training facts are the checkpoint's, not this command's config (a torchvision
+            # state dict has none: None, never the config's max_epochs).
+            max_epochs=trained.get("max_epochs"), max_steps=trained.get("max_steps"),
+            trained={**trained, **self._checkpoint_at} if trainer.ckpt_path
+            else None,
+            final={k: float(metrics[k]) for k in ("val/top1_err", "val/top5_err", "val/loss")
+                   if k in metrics})
         self._write(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        if not trainer.is_global_zero or trainer.sanity_checking or not self.record:
             return
         metrics = trainer.callback_metrics
         epoch = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                  "time_s": time.perf_counter() - self._start}
+        validated = self._validated == trainer.current_epoch
         for name in METRICS:
             value = metrics.get(f"{name}_epoch", metrics.get(name))
-            if value is not None:
+            # Lightning keeps the last validation's numbers in callback_metrics: an epoch
+            # without validation must not show them as its own.
+            if value is not None and (validated or not name.startswith("val/")):
                 epoch[name] = float(value)
         self.record["epochs"].append(epoch)
         self._write(trainer)
@@ -155,7 +195,8 @@ class RecordWriter(Checkpoint):
         if evaluated:
             best = min(evaluated, key=lambda e: e["val/top1_err"])
             record["best"] = {k: best.get(k) for k in ("val/top1_err", "val/top5_err", "epoch")}
-            record["final"] = {k: evaluated[-1].get(k) for k in ("val/top1_err", "val/top5_err")}
+            record["final"] = {k: evaluated[-1].get(k)  # the last epoch that was validated
+                               for k in ("val/top1_err", "val/top5_err", "epoch")}
         speeds = [e["train/images_per_s"] for e in record["epochs"][1:]
                   if "train/images_per_s" in e]  # epoch 0 pays for compilation and warm-up
         speeds = speeds or [e["train/images_per_s"] for e in record["epochs"]

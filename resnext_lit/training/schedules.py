@@ -25,21 +25,22 @@ SCHEDULES = ("step", "cosine", "triangular")
 TRIANGULAR_START = 1e-4  # ffcv-imagenet starts its ramp at 1e-4 x the peak lr, not at 0
 
 
-def check_schedule(schedule: str, max_epochs: int, milestones: Sequence[int] = (),
-                   warmup_epochs: float = 0.0, peak_epoch: float = 2.0) -> None:
-    """One-line UserErrors for a schedule that cannot run as asked, before any training."""
+def check_schedule(schedule: str, max_epochs: float, milestones: Sequence[int] = (),
+                   warmup_epochs: float = 0.0, peak_epoch: float = 2.0,
+                   limit: str | None = None) -> None:
+    """One-line UserErrors for a schedule that cannot run as asked, before any training.
+    `max_epochs` is the schedule's length, `limit` how the message names it (a step-limited
+    run's is max_steps / steps per epoch)."""
+    limit = limit or f"trainer.max_epochs={max_epochs}"
     if schedule not in SCHEDULES:
         raise UserError(f"model.schedule must be one of {', '.join(SCHEDULES)}, "
                         f"got {schedule!r}")
     if schedule == "step" and any(m <= 0 or m >= max_epochs for m in milestones):
-        raise UserError(f"model.milestones {list(milestones)} must lie inside "
-                        f"(0, trainer.max_epochs={max_epochs})")
+        raise UserError(f"model.milestones {list(milestones)} must lie inside (0, {limit})")
     if not 0 <= warmup_epochs < max_epochs:
-        raise UserError(f"model.warmup_epochs={warmup_epochs} must be in "
-                        f"[0, trainer.max_epochs={max_epochs})")
+        raise UserError(f"model.warmup_epochs={warmup_epochs} must be in [0, {limit})")
     if schedule == "triangular" and not 0 < peak_epoch < max_epochs:
-        raise UserError(f"model.peak_epoch={peak_epoch} must be in "
-                        f"(0, trainer.max_epochs={max_epochs})")
+        raise UserError(f"model.peak_epoch={peak_epoch} must be in (0, {limit})")
 
 
 def lr_factor(schedule: str, epoch: float, max_epochs: int, milestones: Sequence[int] = (),

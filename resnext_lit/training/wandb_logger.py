@@ -39,7 +39,14 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..facts import dataset_name, environment, network_facts, resolution
+from ..facts import (
+    counted_at,
+    dataset_name,
+    environment,
+    network_facts,
+    resolution,
+    training_limits,
+)
 from ..models import ResNeXt, model_config, model_entry, registered_name
 from ..models.registry import OVERRIDES
 from ..wandb_access import PROBE_S, has_credentials, reachable
@@ -108,11 +115,10 @@ def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
         from .scale import run_scale
 
         data = datamodule or trainer.datamodule
-        size = getattr(data, "image_size", None) or 224
         dataset = dataset_name(data, module.hparams.num_classes)
-        group, tags, facts = run_facts(module.hparams.arch, module.model.config, size, recipe,
-                                       dataset)
-        facts.update(stage=stage, max_epochs=trainer.max_epochs,
+        group, tags, facts = run_facts(module.hparams.arch, module.model.config,
+                                       counted_at(data), recipe, dataset)
+        facts.update(stage=stage, **training_limits(trainer),
                      run_id=(run or {}).get("id"), run_name=(run or {}).get("name"),
                      scale=run_scale(trainer, data, module.hparams.lr)
                      if getattr(data, "batch_size", None) else None,
