@@ -1,5 +1,3 @@
-import sys
+from resnext_lit.cli import run
 
-from resnext_lit.cli import main
-
-sys.exit(main())
+run()

@@ -37,6 +37,27 @@ COMMANDS = {
     "bench": "resnext_lit.bench",
 }
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI.subcommands()
+# `python -m resnext_lit help`: one line per command (each answers `<command> --help`).
+HELP = {
+    "fit": "train a network from a recipe (--config configs/<recipe>.yaml)",
+    "validate": "score a checkpoint (--ckpt_path) or a weights file (--model.weights) on val",
+    "test": "score a checkpoint or weights file on the DataModule's test split",
+    "predict": "not usable yet: no DataModule here has a predict split",
+    "models": "the zoo: every network with params, MACs and the paper's errors",
+    "summary": "what the newest training run under a folder did (its results.json)",
+    "write-beton": "write an image folder as an FFCV .beton with its sidecar",
+    "sweep": "run a sweep file's grid here (or list it with --dry-run); one point per --point",
+    "table": "the paper's tables and figures from run records, ours beside the paper's",
+    "dashboard": "a shared W&B dashboard (Report) for a project's runs",
+    "bench": "throughput benchmarks: loader, training loop, GPU (ratios against a baseline)",
+}
+
+
+def usage() -> str:
+    width = max(map(len, HELP))
+    return "\n".join(["usage: python -m resnext_lit <command> [options]   "
+                      "(<command> --help for its options)", "", "commands:",
+                      *(f"  {name:<{width}}  {text}" for name, text in HELP.items())])
 
 
 def one_line(message: str) -> str:
@@ -53,12 +74,16 @@ def one_line(message: str) -> str:
     return str(message).strip().splitlines()[0]
 
 
+def run() -> None:
+    """`python -m resnext_lit` and the `resnext-lit` console script: main's status as exit code."""
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m resnext_lit {" + ",".join((*TRAINER_SUBCOMMANDS, *COMMANDS))
-              + "} ...")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     command = argv[0]
     if command not in COMMANDS and command not in TRAINER_SUBCOMMANDS:

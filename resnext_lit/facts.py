@@ -8,6 +8,8 @@ facts from here, so a table never sees two versions of one.
     network_facts(ResNeXt(**config), image_size=224)  # depth, C, d, form, ..., params, MACs
 
 - `environment()`: hardware (platform, CPUs, GPU names) and library versions of this process.
+- `code_version()`: the git commit of this code and whether the tree had changes, or
+  "not a git checkout" (an installed package).
 - `network_facts(net, size)`: the network's settings, its depth as the paper counts it
   (`resnext_lit.models.depth_of`), params and MACs at `size` (`resnext_lit.models.complexity`).
 - `dataset_name(datamodule, classes)`: what a table calls the data ("imagenet", "cifar100", ...).
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
+from pathlib import Path
 
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "ffcv", "wandb", "numpy")
 
@@ -39,6 +43,24 @@ def environment() -> tuple[dict, dict]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return hardware, versions
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root, when run from a clone
+
+
+def code_version(root: Path = CHECKOUT) -> dict | str:
+    """{"commit", "dirty"} of the git checkout holding this code (dirty: a tracked file
+    differs from the commit), or "not a git checkout"."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return "not a git checkout"  # e.g. installed inside another project's repository
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        return "not a git checkout"
 
 
 def network_facts(net, image_size: int) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up behind `make test` and `make demo`: FFCV's system libraries, then a .venv
-# with the pinned requirements. The venv is rebuilt only when requirements.txt changes (a stamp
-# keyed on its hash), so a second run with nothing changed takes about a second and prints
+# with the pinned requirements. The venv is rebuilt only when requirements.txt or pyproject.toml
+# changes (a stamp keyed on their hash), so a second run with nothing changed takes about a second and prints
 # nothing.
 #
 # The console gets one line per step; apt's and pip's own output (warnings included) goes to
@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # FFCV's build needs the first three; the suite's real SLURM cluster (tests/test_slurm.py) the last two.
 pkgs=(pkg-config libturbojpeg0-dev libopencv-dev slurm-wlm munge)
-stamp=".venv/.requirements-$(sha256sum requirements.txt | cut -c1-16)"
+# pyproject.toml too: the editable install's metadata (its console script, extras) lives there.
+stamp=".venv/.requirements-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
 log=.venv/setup.log
 TAIL_LINES=20
 

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from resnext_lit.models import list_models
 
 
@@ -29,3 +31,25 @@ def test_unknown_command_is_one_line():
     result = run_cli("modelz")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown command 'modelz'" in result.stderr
+
+
+def test_help_lists_every_command_with_one_line(capsys):
+    """`help`, `--help` and no command at all: one line per command (no command: exit 2)."""
+    from resnext_lit.cli import COMMANDS, HELP, TRAINER_SUBCOMMANDS, main
+
+    assert list(HELP) == [*TRAINER_SUBCOMMANDS, *COMMANDS]
+    for argv, code in ((["help"], 0), (["--help"], 0), ([], 2)):
+        assert main(argv) == code
+        out, err = capsys.readouterr()
+        lines = (out or err).splitlines()
+        assert lines[0].startswith("usage: python -m resnext_lit <command>")
+        assert [line.split()[0] for line in lines[3:]] == list(HELP)
+
+
+def test_a_trainer_commands_help_names_the_real_command(capsys):
+    from resnext_lit.cli import main
+
+    with pytest.raises(SystemExit) as done:  # argparse exits after printing help
+        main(["fit", "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m resnext_lit [options] fit ")

@@ -131,6 +131,36 @@ def test_lightning_uses_one_ffcv_batch_at_a_time(beton_varied_written, monkeypat
     assert record["model"]["macs"] == complexity(network, 40)["macs"]
 
 
+def test_validate_needs_only_a_val_beton_and_fit_says_what_it_lacks(beton_varied_written,
+                                                                     tmp_path, monkeypatch,
+                                                                     capsys):
+    """`validate` of a weights file on FFCV with only `data.val_path` (the README's first
+    check, shrunk): it scores the file's weights; `fit` with no train_path is one line."""
+    from resnext_lit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    beton = str(beton_varied_written["beton"])
+    classes = len(beton_varied_written["result"].class_counts)
+    weights = tmp_path / "weights.pth"
+    torch.save(create_model("resnext11_2x4d", num_classes=classes).state_dict(), weights)
+    args = ["--config", str(ROOT / "configs" / "demo.yaml"),
+            "--data=resnext_lit.data.ffcv.FFCVDataModule", f"--data.val_path={beton}",
+            "--data.batch_size=16", "--data.res=32", "--data.val_res=32",
+            "--data.num_workers=2", "--model.arch=resnext11_2x4d",
+            "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false"]
+    assert main(["validate", *args, f"--model.weights={weights}"]) == 0
+    (path,) = tmp_path.rglob("results.json")
+    record = json.loads(path.read_text())
+    assert (record["stage"], record["status"], record["evaluated"]) == \
+        ("validate", "finished", str(weights))
+    assert record["final"]["val/top1_err"] is not None
+    capsys.readouterr()
+    assert main(["fit", *args, "--run_name=fit"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: fit needs data.train_path (a .beton file); validate and test need only "
+        "data.val_path")
+
+
 def test_an_abandoned_epoch_stops_even_when_all_of_it_is_queued(beton_varied_written):
     """An epoch whose batches all fit in FFCV's queue leaves its producer waiting, with no
     timeout, to queue the end-of-epoch sentinel. A new epoch must still stop it: before

@@ -36,10 +36,11 @@ chmod +x "$3/bin/pip"
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A copy of the script and requirements.txt, fakes first on PATH."""
+    """A copy of the script, requirements.txt and pyproject.toml, fakes first on PATH."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     shutil.copy(ROOT / "requirements.txt", tmp_path / "requirements.txt")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     fakes = tmp_path / "fakes"
     fakes.mkdir()
     for name, text in (("dpkg-query", FAKE_DPKG_QUERY), ("python", FAKE_PYTHON)):

@@ -54,3 +54,21 @@ def test_a_run_without_validation_says_so_instead_of_blanks(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     assert "best val top-1 error 9.50% (epoch 0), final 9.50% (epoch 0), 100 img/s" in \
         capsys.readouterr().out
+
+
+def test_the_newest_training_run_is_shown_unless_told_otherwise(tmp_path, capsys):
+    """A `validate` written after the training run does not hide it; --stage picks."""
+    import os
+
+    fit, check = tmp_path / "demo" / "a", tmp_path / "demo" / "b"
+    for folder, rec in ((fit, record(11, 8, 4, "digits")),
+                        (check, record(11, 8, 4, "digits", stage="validate", epochs=[],
+                                       best=None, final={"val/top1_err": 7.25, "epoch": None}))):
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(rec))
+    os.utime(fit / "results.json", (1, 1))  # the training run is the older one
+    assert main([str(tmp_path)]) == 0
+    unwrapped = capsys.readouterr().out.replace("\n", "")  # Rich wraps at the console width
+    assert f"record: {fit / 'results.json'}" in unwrapped
+    assert main([str(tmp_path), "--stage", "validate"]) == 0
+    assert f"record: {check / 'results.json'}" in capsys.readouterr().out.replace("\n", "")

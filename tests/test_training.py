@@ -12,6 +12,7 @@ import torch
 from lightning import Callback, Trainer
 
 from resnext_lit.data.synthetic import SyntheticDataModule
+from resnext_lit.facts import code_version
 from resnext_lit.training.module import ResNeXtModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +209,8 @@ def test_records_state_only_what_happened(tmp_path):
     """A step-limited run (max_epochs unset, 7 steps of 3 per epoch) validated every 2nd epoch:
     only epoch 1 holds val numbers, `final` names it, the cosine schedule spans the 7 steps,
     and "16-mixed" on a CPU is recorded as the bf16 it ran. Then `validate` of its checkpoint
-    carries the checkpoint's training facts, and `validate` without weights says it scores an
+    carries the checkpoint's training facts, `test` of it records test/* (the same numbers:
+    the demo's test split is its val split), and `validate` without weights says it scores an
     untrained network, whose record a table never puts in a cell with the real evaluation."""
     from resnext_lit.experiments.cells import summarize
     from resnext_lit.experiments.records import load_local
@@ -228,6 +230,8 @@ def test_records_state_only_what_happened(tmp_path):
     assert [e["lr"] for e in rec["epochs"]] == pytest.approx(
         [base * 0.5 * (1 + math.cos(math.pi * s / 7)) for s in (2, 5, 6)])  # each epoch's last
     assert (rec["max_epochs"], rec["max_steps"], rec["precision"]) == (-1, 7, "bf16-mixed")
+    assert rec["code"] == code_version()  # this checkout's commit, dirty or not
+
 
     ckpt = next((tmp_path / "runs" / "trained").rglob("last.ckpt"))
     scored = cli("validate", "--config", DEMO, *short, f"--ckpt_path={ckpt}",
@@ -240,11 +244,27 @@ def test_records_state_only_what_happened(tmp_path):
     assert (facts["evaluated"], facts["max_epochs"], facts["max_steps"]) == (str(ckpt), -1, 7)
     assert facts["trained"]["run"] == rec["run"]
     assert facts["trained"]["global_step"] == 6  # last.ckpt: saved at the last validation
+    tested = cli("test", "--config", DEMO, *short, f"--ckpt_path={ckpt}", "--run_name=tested",
+                 "--trainer.limit_test_batches=1", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-2000:]
+    test = results(tmp_path / "runs" / "tested")  # the demo's test split is its val split
+    assert test["stage"] == "test" and set(test["final"]) == {"test/top1_err", "test/top5_err",
+                                                               "test/loss"}
+    assert test["final"]["test/top1_err"] == facts["final"]["val/top1_err"]
     blank = results(tmp_path / "runs" / "untrained")
     assert (blank["evaluated"], blank["trained"], blank["max_epochs"]) == ("untrained", None, None)
     assert summarize(blank)["stage"] == "validate (untrained)"
     text = markdown(build_tables(load_local(tmp_path / "runs")))
     assert "validate (untrained)" in text and "(n=2)" not in text
+
+
+def test_the_code_version_is_a_commit_and_its_state_or_says_there_is_none(tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                              "--untracked-files=no"], capture_output=True, text=True).stdout
+    assert code_version() == {"commit": head, "dirty": bool(changed.strip())}
+    assert code_version(tmp_path) == "not a git checkout"
 
 
 BAD_INPUTS = [

@@ -141,7 +141,7 @@ class FFCVDataModule(LightningDataModule):
     Args:
         train_path, val_path: the .beton files (any extension). With its `.json` sidecar a
             file is checked against it; without one it needs FFCV's image/label fields, and
-            is only checked for its layout.
+            is only checked for its layout. `validate` and `test` need only `val_path`.
         batch_size: images per process per step (derived from the recipe's global batch by
             the CLI); val_batch_size defaults to it.
         res: train resolution (`image_size`); `ProgressiveResizing` overrides it per epoch.
@@ -166,7 +166,8 @@ class FFCVDataModule(LightningDataModule):
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # linked into the model, which normalises
 
-    def __init__(self, train_path: str, val_path: str, batch_size: PositiveInt = 256,
+    def __init__(self, train_path: str | None = None, val_path: str | None = None,
+                 batch_size: PositiveInt = 256,
                  val_batch_size: PositiveInt | None = None, res: PositiveInt = 224,
                  val_res: PositiveInt = 224, val_crop_ratio: float = CROP_RATIO,
                  crop_scale: tuple[float, float] = INCEPTION_SCALE,
@@ -183,8 +184,11 @@ class FFCVDataModule(LightningDataModule):
         if order == "quasi_random" and os_cache:
             raise UserError("data.order=quasi_random needs data.os_cache=false "
                             "(FFCV plans its reads over its own page cache)")
+        if val_path is None:
+            raise UserError("data.val_path is required (a .beton file; train_path too, to fit)")
         self.save_hyperparameters()
-        train_info, val_info = _split_infos(train_path, val_path, classes)
+        # Without a train split (validate, test), the val split names the classes.
+        train_info, val_info = _split_infos(train_path or val_path, val_path, classes)
         if val_info["classes"] != train_info["classes"]:
             raise UserError(f"{val_path} was written with other classes than {train_path} "
                             f"({len(val_info['classes'])} vs {len(train_info['classes'])}); "
@@ -192,7 +196,8 @@ class FFCVDataModule(LightningDataModule):
         self.num_classes: int = len(train_info["classes"])
         self.classes: list[str] = train_info["classes"]
         self.class_counts: list[int] = train_info["class_counts"]  # train images per class
-        self.num_train, self.num_val = train_info["num_records"], val_info["num_records"]
+        self.num_train = train_info["num_records"] if train_path else None
+        self.num_val = val_info["num_records"]
         self.image_size: int = res
         self.val_image_size: int = val_res
         self.val_crop_ratio: float = val_crop_ratio
@@ -206,6 +211,9 @@ class FFCVDataModule(LightningDataModule):
         return self.res_schedule(epoch) if self.res_schedule else self.hparams.res
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.train_path is None:
+            raise UserError("fit needs data.train_path (a .beton file); validate and test need "
+                            "only data.val_path")
         _, world = rank_and_world(self.trainer)
         if self.hparams.order == "quasi_random" and world > 1:
             raise UserError("data.order=quasi_random works on one process only (FFCV); "

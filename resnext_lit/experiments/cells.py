@@ -82,11 +82,13 @@ def summarize(record: dict, metric: str = "final") -> dict:
     network = registered_name(*setting) if None not in setting else None
     history, stage = record.get("epochs") or [], record.get("stage") or "fit"
     crop = resolution.get("val_crop_ratio")
-    # A validate run evaluates once: its best is its final.
-    result = record.get(metric) or (record.get("final") if stage == "validate" else None) or {}
+    # A validate or test run evaluates once: its best is its final.
+    once = stage in ("validate", "test")
+    result = record.get(metric) or (record.get("final") if once else None) or {}
     entry = model_entry(network) if network else {}
     if record.get("evaluated") == "untrained":  # scored an untrained network: never a result
-        stage = "validate (untrained)"
+        stage = f"{stage} (untrained)"
+    split = "test" if stage.startswith("test") else "val"  # a `test` record scored test/*
     return {"arch": record.get("arch") or (config.get("model") or {}).get("arch"),
             "network": network, "paper_setting": bool(entry.get("in_paper")),
             "status": record.get("status", "unknown"),
@@ -112,7 +114,7 @@ def summarize(record: dict, metric: str = "final") -> dict:
                for k, (section, key, _) in TRAINING.items()},
             **{f"data.{k}": _hashable(_section(config, "data").get(k)) for k in DATA},
             "params": model.get("params"), "macs": model.get("macs"),
-            "top1": result.get("val/top1_err"), "top5": result.get("val/top5_err"),
+            "top1": result.get(f"{split}/top1_err"), "top5": result.get(f"{split}/top5_err"),
             "history": history, "images_per_s": record.get("images_per_s"),
             "paper": entry.get("paper", {})}
 
@@ -130,9 +132,9 @@ def _hashable(value):
 def _weights(record: dict, config: dict, stage: str) -> str | None:
     """By file name: what a `fit` started from (None: from scratch), or what a `validate`
     scored ("checkpoint": any run's checkpoint, so seeds average; a weights file; "untrained")."""
-    if stage.startswith("validate") and record.get("checkpoint"):
+    if stage.startswith(("validate", "test")) and record.get("checkpoint"):
         return "checkpoint"
-    start = (record.get("evaluated") if stage.startswith("validate") else None) or (
+    start = (record.get("evaluated") if stage.startswith(("validate", "test")) else None) or (
         config.get("model") or {}).get("weights")
     return None if start is None else str(start).rsplit("/", 1)[-1]
 

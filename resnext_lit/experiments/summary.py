@@ -29,11 +29,23 @@ from ..models import dataset_of, model_entry, registered_name
 INPUT_BOUND_FRAC = 0.2
 
 
-def newest_results(root: Path) -> Path:
+def newest_results(root: Path, stage: str = "fit") -> Path:
+    """The newest results.json under `root` of a run of `stage` ("fit": training; "validate";
+    "any"). A record without a stage is a fit's (written before the key)."""
     found = sorted(root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
+    if stage != "any":
+        found = [p for p in found if _stage(p) == stage]
     if not found:
-        raise UserError(f"no results.json under {root}")
+        which = "" if stage == "any" else f" of a {stage} run (--stage any: every run)"
+        raise UserError(f"no results.json{which} under {root}")
     return found[-1]
+
+
+def _stage(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("stage", "fit")
+    except (OSError, ValueError):
+        return None
 
 
 def input_bound(epochs: list[dict], threshold: float = INPUT_BOUND_FRAC) -> str | None:
@@ -75,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lit summary")
     parser.add_argument("runs", nargs="?", default="runs", type=Path,
                         help="a run folder or a folder of runs (the newest is shown)")
-    path = newest_results(parser.parse_args(argv).runs)
+    parser.add_argument("--stage", choices=("fit", "validate", "any"), default="fit",
+                        help="which runs count: training runs (default), validate runs, any")
+    args = parser.parse_args(argv)
+    path = newest_results(args.runs, args.stage)
     record = json.loads(path.read_text())
     model, console = record["model"], Console()
     console.print(f"[bold]{record['arch']}[/] (depth {model['depth']}, "

@@ -217,9 +217,12 @@ class ResNeXtCLI(LightningCLI):
         config = self.run_config
         if self.trainer.is_global_zero and not (config.get("ckpt_path")
                                                 or config.model.get("weights")):
-            print("validate: no --ckpt_path and no --model.weights: scoring an untrained "
-                  "network (its record says so; tables never average it)", file=sys.stderr)
+            print(f"{self.subcommand}: no --ckpt_path and no --model.weights: scoring an "
+                  "untrained network (its record says so; tables never average it)",
+                  file=sys.stderr)
         self._describe_run()
+
+    before_test = before_validate  # the same evaluation, on the test split
 
     def _apply_global_batch(self) -> None:
         from .scale import apply_global_batch
@@ -355,6 +358,6 @@ def _lightning_cli(args: list[str] | None) -> None:
             "logger": {"class_path": "resnext_lit.training.csv_logger.CSVLogger"}},
         save_config_callback=SaveConfigAfterRestore, save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.
-        parser_kwargs={"exit_on_error": False,
+        parser_kwargs={"exit_on_error": False, "prog": "python -m resnext_lit",
                        **{sub: {"exit_on_error": False} for sub in LightningCLI.subcommands()}},
     )

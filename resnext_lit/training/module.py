@@ -221,29 +221,35 @@ class ResNeXtModule(LightningModule):
         self._clock.pause("train")  # validation inside a training epoch is not training time
         self._clock.start("val")
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, prefix: str = "val") -> None:
         images, labels = batch
         self._clock.count("val", images.shape[0])
         logits = self._eval_logits(images)
         self.val_top1.update(logits, labels)
         self.val_top5.update(logits, labels)
         # sum/count reduced over every rank, so the loss is exact under DDP
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True,
-                 batch_size=labels.shape[0])
+        self.log(f"{prefix}/loss", F.cross_entropy(logits, labels), on_epoch=True,
+                 sync_dist=True, batch_size=labels.shape[0])
 
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_end(self, prefix: str = "val") -> None:
         # torchmetrics sums correct/total over all ranks in compute(): the error is exact.
-        self.log("val/top1_err", 100 * (1 - self.val_top1.compute()), prog_bar=True)
-        self.log("val/top5_err", 100 * (1 - self.val_top5.compute()))
+        self.log(f"{prefix}/top1_err", 100 * (1 - self.val_top1.compute()), prog_bar=True)
+        self.log(f"{prefix}/top5_err", 100 * (1 - self.val_top5.compute()))
         self.val_top1.reset()
         self.val_top5.reset()
         if not self.trainer.sanity_checking:
-            self.log("val/images_per_s", self._clock.rate("val", self.trainer.world_size))
+            self.log(f"{prefix}/images_per_s", self._clock.rate("val",
+                                                                self.trainer.world_size))
         self._clock.resume("train")
 
-    test_step = validation_step
+    # `test` is the same evaluation on the DataModule's test split, logged as test/*.
     on_test_epoch_start = on_validation_epoch_start
-    on_test_epoch_end = on_validation_epoch_end
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx, prefix="test")
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end(prefix="test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._eval_logits(batch[0]).softmax(dim=1)

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..atomic import write_json_atomic
 from ..facts import (
+    code_version,
     counted_at,
     dataset_name,
     environment,
@@ -66,6 +67,7 @@ class RecordWriter(Checkpoint):
         self.record: dict = {}
         self._validated = None  # the epoch whose validation ran last (fit only)
         self._checkpoint_at: dict = {}  # epoch and step of the checkpoint `validate` loaded
+        self._code = code_version()  # which code made the record (git commit, dirty or not)
 
     def state_dict(self) -> dict:
         # What a `validate` record cites, as plain JSON values: jsonargparse's PositiveInt (a
@@ -125,10 +127,16 @@ class RecordWriter(Checkpoint):
             "epochs": [], "best": None, "final": None, "wall_time_s": 0.0,
             "images_per_s": None, "world_size": trainer.world_size,
             "slurm_job": slurm_job_key(),  # a requeued job finds its run by it
-            "hardware": hardware, "versions": versions}
+            "hardware": hardware, "versions": versions, "code": self._code}
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.on_validation_start(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.on_validation_end(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "validate" and not trainer.fast_dev_run:
+        if trainer.state.fn in ("validate", "test") and not trainer.fast_dev_run:
             # `log_dir` broadcasts from rank 0: every rank must ask, or DDP hangs.
             self._path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
             self._start = time.perf_counter()
@@ -138,9 +146,12 @@ class RecordWriter(Checkpoint):
         scored at this val resolution, with the checkpoint's training facts."""
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._validated = trainer.current_epoch
-        if trainer.state.fn != "validate" or not trainer.is_global_zero or trainer.fast_dev_run:
+        if trainer.state.fn not in ("validate", "test") or not trainer.is_global_zero or \
+                trainer.fast_dev_run:
             return
-        self.record = self._new_record(trainer, pl_module, "validate")
+        stage = "test" if trainer.state.fn == "test" else "validate"
+        self.record = self._new_record(trainer, pl_module, stage)
+        prefix = "val" if stage == "validate" else "test"
         metrics = trainer.callback_metrics
         weights = pl_module.hparams.get("weights")
         trained = (getattr(self, "_restored", None) or {}).get("trained") or {}
@@ -152,8 +163,8 @@ class RecordWriter(Checkpoint):
             max_epochs=trained.get("max_epochs"), max_steps=trained.get("max_steps"),
             trained={**trained, **self._checkpoint_at} if trainer.ckpt_path
             else None,
-            final={k: float(metrics[k]) for k in ("val/top1_err", "val/top5_err", "val/loss")
-                   if k in metrics})
+            final={k: float(metrics[k]) for k in (f"{prefix}/top1_err", f"{prefix}/top5_err",
+                                                     f"{prefix}/loss") if k in metrics})
         self._write(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -40,6 +40,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..facts import (
+    code_version,
     counted_at,
     dataset_name,
     environment,
@@ -118,7 +119,7 @@ def describe_run(trainer, module, datamodule=None, recipe: str | None = None,
         dataset = dataset_name(data, module.hparams.num_classes)
         group, tags, facts = run_facts(module.hparams.arch, module.model.config,
                                        counted_at(data), recipe, dataset)
-        facts.update(stage=stage, **training_limits(trainer),
+        facts.update(stage=stage, **training_limits(trainer), code=code_version(),
                      run_id=(run or {}).get("id"), run_name=(run or {}).get("name"),
                      scale=run_scale(trainer, data, module.hparams.lr)
                      if getattr(data, "batch_size", None) else None,
