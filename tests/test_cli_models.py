@@ -53,3 +53,15 @@ def test_a_trainer_commands_help_names_the_real_command(capsys):
         main(["fit", "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m resnext_lit [options] fit ")
+
+
+def test_models_fits_80_columns_without_cutting_a_number():
+    result = run_cli("models")  # piped: Rich renders 80 columns wide
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in result.stdout
+    names = {line.split()[0] for line in lines if line.startswith(("resnet", "resnext"))}
+    assert names == set(list_models())
+    row = next(line for line in lines if line.startswith("resnext50_32x4d "))
+    assert row.split()[1:8] == ["50", "32", "4", "25.03", "4.23", "224", "22.20"]
+    assert "resnet50 = resnext50_1x64d" in result.stdout  # aliases listed below the table

@@ -1,5 +1,5 @@
 """The package's shape: `experiments/` never imports Lightning, and every class path and dotted
-name the configs, sweeps and README give resolves.
+name the configs, sweeps, README and docs/ give resolves.
 
     .venv/bin/python -m pytest -q tests/test_layout.py
 """
@@ -19,6 +19,7 @@ EXPERIMENTS = ["resnext_lit.experiments", *sorted(
     f"resnext_lit.experiments.{p.stem}" for p in (ROOT / "resnext_lit" / "experiments").glob("*.py")
     if p.stem != "__init__")]
 DOTTED = re.compile(r"\bresnext_lit(?:\.[A-Za-z_]\w*)+")
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
 
@@ -50,16 +51,17 @@ def resolve(dotted: str):
 
 
 def named_in_docs() -> dict[str, set[str]]:
-    """Every `resnext_lit.` dotted name, by where it stands: configs/ and sweeps/ whole, README's
-    fenced code blocks and inline code."""
+    """Every `resnext_lit.` dotted name, by where it stands: configs/ and sweeps/ whole, the
+    fenced code blocks and inline code of README.md and docs/*.md."""
     found: dict[str, set[str]] = {}
     for path in [*(ROOT / "configs").rglob("*.yaml"), *(ROOT / "sweeps").glob("*.yaml")]:
         for name in DOTTED.findall(path.read_text()):
             found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
-    readme = (ROOT / "README.md").read_text()
-    for block in [*FENCED.findall(readme), *INLINE.findall(readme)]:
-        for name in DOTTED.findall(block):
-            found.setdefault(name, set()).add("README.md")
+    for page in DOCS:
+        text = page.read_text()
+        for block in [*FENCED.findall(text), *INLINE.findall(text)]:
+            for name in DOTTED.findall(block):
+                found.setdefault(name, set()).add(str(page.relative_to(ROOT)))
     return found
 
 
@@ -80,10 +82,10 @@ def test_every_class_path_and_dotted_name_resolves():
     assert not broken, broken
 
 
-def test_every_package_path_in_the_readme_exists():
+def test_every_package_path_in_the_docs_exists():
     top = "resnext_lit|tests|scripts|configs|sweeps"
     paths = set(re.findall(rf"(?<![\w/.-])((?:{top})/[\w./*-]*\w)",
-                           (ROOT / "README.md").read_text()))
+                           "\n".join(page.read_text() for page in DOCS)))
     assert len(paths) > 10
     missing = sorted(p for p in paths if not (ROOT / p).exists() and "*" not in p)
     assert not missing, missing
