@@ -10,6 +10,7 @@ they land is exact and the test never races the training.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -80,6 +81,13 @@ class NaNAt(Callback):
         if self.what == "weights" and trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.fc.weight[0, 0] = float("nan")
+
+
+class SigtermAtExit(Callback):
+    """Sends this process SIGTERM when the interpreter exits, after every teardown."""
+
+    def __init__(self):
+        atexit.register(os.kill, os.getpid(), signal.SIGTERM)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -194,8 +202,12 @@ def test_sigterm_to_the_run_its_loader_workers_and_wandb_still_saves_and_closes(
 
 @pytest.mark.slow
 def test_sigusr1_in_an_epochs_last_step_stops_at_the_epoch_boundary(tmp_path, uninterrupted):
-    # Step 6 is epoch 0's last: the run validates, records epoch 0, and stops before epoch 1.
-    out = fit_signalled(tmp_path, STEPS_PER_EPOCH, signal.SIGUSR1)
+    """Step 6 is epoch 0's last: the run validates, records epoch 0, and stops before epoch 1.
+    A SIGTERM at the very end of the process (SLURM's, after the requeue) changes nothing: the
+    exit status is still SIGUSR1's (Lightning's teardown had put the stop handler back, which
+    then passed the SIGTERM on and killed the process when it came late)."""
+    out = fit_signalled(tmp_path, STEPS_PER_EPOCH, signal.SIGUSR1,
+                        "--trainer.callbacks+=test_reliability.SigtermAtExit")
     assert out.returncode == 128 + signal.SIGUSR1, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1].startswith("stopped by SIGUSR1 at epoch 1, step 6")
     rec = record(tmp_path)

@@ -75,11 +75,13 @@ class Preemption(Callback):
         self._trainer = None
         self._signal_at_epoch_end = 0  # the signal, once it arrived in an epoch's last step
         self._saved: Path | None = None
+        self._stopped = False  # saved and on the way out: further stop signals are ignored
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
         self._trainer, self._signal, self._signal_at_epoch_end = trainer, None, 0
+        self._stopped = False
         # Installed before Lightning's signal connector runs: it then leaves SIGUSR1 to us
         # (it only adds its SLURM handler where none exists).
         self._install(trainer, keep_previous=True)
@@ -108,6 +110,8 @@ class Preemption(Callback):
                 self._previous[signum] = previous
 
     def _handle(self, signum: int, frame) -> None:
+        if self._stopped:  # Lightning's teardown may put this handler back after the stop
+            return
         if self._trainer is None:  # after fit: act as the handler we replaced would
             previous = self._previous.get(signum, signal.SIG_DFL)
             signal.signal(signum, previous)
@@ -171,9 +175,11 @@ class Preemption(Callback):
                 then += " (a requeued SLURM job does so by itself)"
         # Saved and on the way out: a later SIGTERM (SLURM's, after the requeue; a second kill)
         # must not cut the exit short: the record, the W&B run and the exit status are due.
+        # Lightning's signal connector, torn down after this, puts back the handlers it found
+        # (ours): `_handle` then ignores them too, and so does `teardown`.
         for stop_signal in SIGNALS:
             signal.signal(stop_signal, signal.SIG_IGN)
-        self._trainer = None
+        self._trainer, self._stopped = None, True
         raise Preempted(signum, f"stopped by {name} at {where}: saved {path}{then}",
                         requeue=requeue and trainer.is_global_zero)
 
@@ -184,7 +190,7 @@ class Preemption(Callback):
         self._trainer = None
         for signum, previous in self._previous.items():
             if signal.getsignal(signum) == self._handle and previous is not None:
-                signal.signal(signum, previous)
+                signal.signal(signum, signal.SIG_IGN if self._stopped else previous)
 
 
 def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
