@@ -281,6 +281,10 @@ BAD_INPUTS = [
     (["--model.label_smoothing=1.5"], "model.label_smoothing must be in [0, 1], got 1.5"),
     (["--model.momentum=0"], "model.nesterov needs model.momentum > 0, got 0.0"),  # demo: Nesterov
     (["--trainer.max_epochs=-1"], "trainer.max_epochs=-1 trains for ever: set trainer.max_steps"),
+    # No option silently replaces the recipe's optimiser or schedule, and none is abbreviated.
+    (["--optimizer=Adam"], "unrecognized arguments: --optimizer=Adam"),
+    (["--lr_scheduler=StepLR"], "unrecognized arguments: --lr_scheduler=StepLR"),
+    (["--trainer.max_epoch=3"], "unrecognized arguments: --trainer.max_epoch=3"),
 ]
 # Checks that need the training set's size: after the start-up lines (scale, run), before any
 # training step, one error line and nothing of the run written.

@@ -353,11 +353,17 @@ def _lightning_cli(args: list[str] | None) -> None:
 
     ResNeXtCLI(
         ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
+        # The module's configure_optimizers is the recipe's (SGD, its schedule, per-step lr):
+        # no --optimizer/--lr_scheduler that would replace it with one Lightning warning.
+        auto_configure_optimizers=False,
         trainer_defaults={
             "default_root_dir": RUNS_DIR,
             "logger": {"class_path": "resnext_lit.training.csv_logger.CSVLogger"}},
         save_config_callback=SaveConfigAfterRestore, save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.
+        # allow_abbrev=False: --trainer.max_epoch must not quietly mean max_epochs.
         parser_kwargs={"exit_on_error": False, "prog": "python -m resnext_lit",
-                       **{sub: {"exit_on_error": False} for sub in LightningCLI.subcommands()}},
+                       "allow_abbrev": False,
+                       **{sub: {"exit_on_error": False, "allow_abbrev": False}
+                          for sub in LightningCLI.subcommands()}},
     )
