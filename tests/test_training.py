@@ -205,13 +205,14 @@ def test_resume_from_last_continues_step_and_lr(tmp_path):
 
 
 @pytest.mark.slow
-def test_records_state_only_what_happened(tmp_path):
+def test_records_state_only_what_happened(tmp_path, monkeypatch, capsys):
     """A step-limited run (max_epochs unset, 7 steps of 3 per epoch) validated every 2nd epoch:
     only epoch 1 holds val numbers, `final` names it, the cosine schedule spans the 7 steps,
     and "16-mixed" on a CPU is recorded as the bf16 it ran. Then `validate` of its checkpoint
     carries the checkpoint's training facts, `test` of it records test/* (the same numbers:
     the demo's test split is its val split), and `validate` without weights says it scores an
     untrained network, whose record a table never puts in a cell with the real evaluation."""
+    from resnext_lit.cli import main
     from resnext_lit.experiments.cells import summarize
     from resnext_lit.experiments.records import load_local
     from resnext_lit.experiments.table import build_tables, markdown
@@ -232,21 +233,20 @@ def test_records_state_only_what_happened(tmp_path):
     assert (rec["max_epochs"], rec["max_steps"], rec["precision"]) == (-1, 7, "bf16-mixed")
     assert rec["code"] == code_version()  # this checkout's commit, dirty or not
 
+    def evaluate(*argv) -> str:  # in-process, as `python -m resnext_lit` runs it: its stderr
+        assert main([argv[0], "--config", DEMO, *short, *argv[1:]]) == 0
+        return capsys.readouterr().err
 
-    ckpt = next((tmp_path / "runs" / "trained").rglob("last.ckpt"))
-    scored = cli("validate", "--config", DEMO, *short, f"--ckpt_path={ckpt}",
-                 "--run_name=scored", cwd=tmp_path)
-    untrained = cli("validate", "--config", DEMO, *short, "--run_name=untrained", cwd=tmp_path)
-    assert scored.returncode == untrained.returncode == 0, untrained.stderr[-2000:]
-    assert "scoring an untrained network" in untrained.stderr
-    assert "untrained" not in scored.stderr
+    monkeypatch.chdir(tmp_path)
+    ckpt = next(Path("runs/trained").rglob("last.ckpt"))
+    capsys.readouterr()
+    assert "untrained" not in evaluate("validate", f"--ckpt_path={ckpt}", "--run_name=scored")
+    assert "scoring an untrained network" in evaluate("validate", "--run_name=untrained")
     facts = results(tmp_path / "runs" / "scored")
     assert (facts["evaluated"], facts["max_epochs"], facts["max_steps"]) == (str(ckpt), -1, 7)
     assert facts["trained"]["run"] == rec["run"]
     assert facts["trained"]["global_step"] == 6  # last.ckpt: saved at the last validation
-    tested = cli("test", "--config", DEMO, *short, f"--ckpt_path={ckpt}", "--run_name=tested",
-                 "--trainer.limit_test_batches=1", cwd=tmp_path)
-    assert tested.returncode == 0, tested.stderr[-2000:]
+    evaluate("test", f"--ckpt_path={ckpt}", "--run_name=tested", "--trainer.limit_test_batches=1")
     test = results(tmp_path / "runs" / "tested")  # the demo's test split is its val split
     assert test["stage"] == "test" and set(test["final"]) == {"test/top1_err", "test/top5_err",
                                                                "test/loss"}
@@ -337,16 +337,22 @@ def test_max_epochs_minus_one_with_max_steps_trains_without_blaming_warmup(tmp_p
 
 
 @pytest.mark.slow
-def test_a_later_config_can_swap_an_ffcv_recipe_for_the_digits(tmp_path):
+def test_a_later_config_can_swap_an_ffcv_recipe_for_the_digits(tmp_path, monkeypatch, capsys):
     """`--config imagenet_paper.yaml --config trainer/ddp.yaml --config demo.yaml`: the digits
     replace the recipe's FFCV data. FFCV's `seed` (a NonNegativeInt) used to carry over as an
     object jsonargparse could not check against the digits' `seed` (a traceback), and
     `--print_config` could not write it."""
     swap = ["--config", str(ROOT / "configs/imagenet_paper.yaml"),
             "--config", str(ROOT / "configs/trainer/ddp.yaml"), "--config", DEMO]
-    shown = cli("fit", *swap, "--print_config", cwd=tmp_path)
-    assert shown.returncode == 0, shown.stderr[-3000:]
-    assert "resnext_lit.data.digits.DigitsDataModule" in shown.stdout
+    from resnext_lit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:  # in-process: jsonargparse exits after printing
+        main(["fit", *swap, "--print_config"])
+    shown = capsys.readouterr()
+    assert done.value.code == 0, shown.err[-3000:]
+    assert "resnext_lit.data.digits.DigitsDataModule" in shown.out
+    # A subprocess: the recipe's DDP strategy would leave a process group in this one.
     out = cli("fit", *swap, *TINY, "--trainer.accelerator=cpu", "--trainer.devices=1",
               "--trainer.fast_dev_run=1", cwd=tmp_path)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]

@@ -33,11 +33,12 @@ def newest_results(root: Path, stage: str = "fit") -> Path:
     """The newest results.json under `root` of a run of `stage` ("fit": training; "validate";
     "any"). A record without a stage is a fit's (written before the key)."""
     found = sorted(root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no results.json under {root}")
     if stage != "any":
         found = [p for p in found if _stage(p) == stage]
     if not found:
-        which = "" if stage == "any" else f" of a {stage} run (--stage any: every run)"
-        raise UserError(f"no results.json{which} under {root}")
+        raise UserError(f"no results.json of a {stage} run under {root} (--stage any: every run)")
     return found[-1]
 
 
