@@ -21,6 +21,7 @@ facts from here, so a table never sees two versions of one.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -48,6 +49,7 @@ def environment() -> tuple[dict, dict]:
 CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root, when run from a clone
 
 
+@functools.cache  # once per process: the record and the W&B config both ask
 def code_version(root: Path = CHECKOUT) -> dict | str:
     """{"commit", "dirty"} of the git checkout holding this code (dirty: a tracked file
     differs from the commit), or "not a git checkout"."""

@@ -67,7 +67,6 @@ class RecordWriter(Checkpoint):
         self.record: dict = {}
         self._validated = None  # the epoch whose validation ran last (fit only)
         self._checkpoint_at: dict = {}  # epoch and step of the checkpoint `validate` loaded
-        self._code = code_version()  # which code made the record (git commit, dirty or not)
 
     def state_dict(self) -> dict:
         # What a `validate` record cites, as plain JSON values: jsonargparse's PositiveInt (a
@@ -127,7 +126,8 @@ class RecordWriter(Checkpoint):
             "epochs": [], "best": None, "final": None, "wall_time_s": 0.0,
             "images_per_s": None, "world_size": trainer.world_size,
             "slurm_job": slurm_job_key(),  # a requeued job finds its run by it
-            "hardware": hardware, "versions": versions, "code": self._code}
+            "hardware": hardware, "versions": versions,
+            "code": code_version()}  # which code made the record (git commit, dirty or not)
 
     def on_test_start(self, trainer, pl_module) -> None:
         self.on_validation_start(trainer, pl_module)
