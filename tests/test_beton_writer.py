@@ -8,7 +8,6 @@ pixels are checked through the FFCVDataModule in test_ffcv_datamodule.py.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -26,7 +25,6 @@ from PIL import Image
 from scipy.io import savemat
 
 from resnext_lit.cli import main as cli
-from resnext_lit.data.beton.processes import WriteFailed
 from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
 from resnext_lit.data.beton.write import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
 from resnext_lit.data.images import BadImage, load_rgb
@@ -35,6 +33,7 @@ from helpers import ctrl_c_enabled
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_TIMEOUT_S = 120  # a hung writer fails the test instead of the whole run
+FILE_SIZE_LIMIT = 64 << 10  # above the header FFCV writes first, below its first data page
 COMMON = ["--max-side", "32", "--workers", "2", "--no-progress"]
 
 
@@ -212,24 +211,30 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, beton_make_folder, c
         assert not out.exists() or not list(out.glob("*.beton*")), name
 
 
-def test_failed_worker_leaves_nothing_and_rerun_succeeds(tmp_path, beton_make_folder, monkeypatch):
-    """A full disk kills FFCV's writer workers; FFCV alone would wait for them forever."""
-    from ffcv.memory_allocator import MemoryAllocator
-
+def test_failed_worker_leaves_nothing_and_rerun_succeeds(tmp_path, beton_make_folder):
+    """A file-size limit (a quota; a full disk fails alike, ENOSPC) kills FFCV's writer workers
+    at their first page; FFCV alone would wait for them forever. Real: the write runs in a
+    process under RLIMIT_FSIZE, which its forkserver, the writer and FFCV's workers inherit."""
     train = beton_make_folder(tmp_path / "train", per_class=10)["root"]
     beton = tmp_path / "out" / "train.beton"
-
-    def disk_full(self):
-        raise OSError(errno.ENOSPC, "No space left on device (injected)")
-
-    monkeypatch.setattr(MemoryAllocator, "flush_page", disk_full)  # forked workers inherit it
-    with deadline(WRITE_TIMEOUT_S), pytest.raises(WriteFailed) as failed:
-        write_beton(train, beton, max_side=32, workers=2, progress=False)
-    message = str(failed.value)
-    assert message.endswith("failed: OSError: [Errno 28] No space left on device (injected) "
-                            "(disk full?)") and "\n" not in message, message
+    limited = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write(2) then fails with EFBIG, no kill
+resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT}))
+from resnext_lit.data.beton.processes import WriteFailed
+from resnext_lit.data.beton.write import write_beton
+try:
+    write_beton({str(train)!r}, {str(beton)!r}, max_side=32, workers=2, progress=False)
+except WriteFailed as err:
+    sys.exit(str(err))
+"""
+    done = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True,
+                          timeout=WRITE_TIMEOUT_S)
+    message = done.stderr.strip()
+    assert done.returncode == 1 and re.fullmatch(
+        r"writer worker \d+ failed: OSError: \[Errno 27\] File too large \(disk full\?\)",
+        message), (done.returncode, done.stderr)
     assert list(beton.parent.iterdir()) == []  # no .partial, no report of an unwritten .beton
-    monkeypatch.undo()
     with deadline(WRITE_TIMEOUT_S):
         result = write_beton(train, beton, max_side=32, workers=2, progress=False)
     assert read_beton_info(beton)["num_records"] == result.num_records == 33

@@ -28,6 +28,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing import reduction
 from pathlib import Path
 
 import cv2
@@ -55,6 +56,35 @@ class WriteFailed(RuntimeError):
 def quiet_worker() -> None:
     cv2.setNumThreads(1)  # parallelism comes from the processes; threads would oversubscribe
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+def process_context():
+    """The processes here start from a forkserver, not by forking the caller: a fork copies
+    only the calling thread, with every lock other threads held at that instant (pytest-xdist's
+    execnet threads, a notebook's, a Lightning process's), and a child that needs one waits for
+    ever (seen: a writer child stuck on a futex under xdist). Python 3.14 made forkserver
+    Linux's default for this reason. The server imports this module once; its children fork
+    from that clean, single-threaded process, so each starts in milliseconds."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once this process's server runs
+    return context
+
+
+class CallerStream:
+    """The caller's stdout or stderr, for a forkserver child: it would otherwise inherit the
+    server's, fixed when the server started (another test's capture, a closed terminal)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):  # pickled while the child starts: multiprocessing passes the fd over
+        return _attach_stream, (self.fd, reduction.DupFd(self.fd))
+
+
+def _attach_stream(fd: int, passed) -> None:
+    received = passed.detach()
+    os.dup2(received, fd)
+    os.close(received)
 
 
 def die_with_parent() -> None:
@@ -118,7 +148,7 @@ def scan(samples, max_side, workers, progress, desc, jpeg_quality: int | None = 
     """Decode every file once, in parallel; with `jpeg_quality`, also JPEG-encode every
     `JPEG_SAMPLE_EVERY`-th one (about 1/16 more work) so the output size can be estimated."""
     found = Scanned()
-    with multiprocessing.get_context("fork").Pool(workers, initializer=quiet_worker) as pool:
+    with process_context().Pool(workers, initializer=quiet_worker) as pool:
         results = pool.imap(partial(_probe, max_side=max_side, jpeg_quality=jpeg_quality),
                             enumerate(path for path, _ in samples), chunksize=SCAN_CHUNK)
         bar = tqdm(results, total=len(samples), desc=f"scan {desc}", disable=not progress,
@@ -274,18 +304,25 @@ class _SigtermExit:
 
 
 def _writer_process(partial_path: Path, records: BetonRecords, workers: int, fields: dict,
-                    page: int, progress: bool, desc: str, log_dir: str, go, parent: int) -> None:
+                    page: int, progress: bool, desc: str, log_dir: str, go, parent: int,
+                    *streams: None) -> None:
     """The child: FFCV's DatasetWriter and its workers. Exits 0 written, 1 failed (the reason in
-    `log_dir/failure`), 143 stopped by the parent."""
+    `log_dir/failure`), 143 stopped by the parent. `streams` (CallerStream) made fds 1 and 2 the
+    caller's as the arguments were unpickled, before this runs."""
     import ffcv.writer
 
     global _worker_logs
+    # A forkserver child inherits forkserver as its default start method: FFCV's workers must
+    # fork from this process (see `_on_fork`), which has no thread yet.
+    multiprocessing.set_start_method("fork", force=True)
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Start nothing until the parent holds this process: a Ctrl-C inside its `start()` would
     # otherwise orphan a write (and FFCV's shared memory) it can no longer stop.
     while not go.wait(1):
-        if os.getppid() != parent:
+        try:
+            os.kill(parent, 0)  # its parent is the forkserver: ask after the caller itself
+        except ProcessLookupError:
             os._exit(1)
     watchdog = _WorkerWatchdog(log_dir)
     stop = _SigtermExit(watchdog)
@@ -340,10 +377,11 @@ def ffcv_write(partial_path: Path, records: BetonRecords, workers: int, fields: 
     """Write `records` to `partial_path` in a writer process; raise `WriteFailed` with one line
     if it fails, and stop it (and its workers) on Ctrl-C or any other exception here."""
     log_dir = tempfile.mkdtemp(prefix="resnext_lit_writer_")
-    context = multiprocessing.get_context("fork")
+    context = process_context()
     go = context.Event()
     child = context.Process(target=_writer_process, name="beton-writer", args=(
-        partial_path, records, workers, fields, page, progress, desc, log_dir, go, os.getpid()))
+        partial_path, records, workers, fields, page, progress, desc, log_dir, go, os.getpid(),
+        CallerStream(1), CallerStream(2)))
     try:
         child.start()
         go.set()
