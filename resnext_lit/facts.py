@@ -12,7 +12,8 @@ facts from here, so a table never sees two versions of one.
   "not a git checkout" (an installed package).
 - `network_facts(net, size)`: the network's settings, its depth as the paper counts it
   (`resnext_lit.models.depth_of`), params and MACs at `size` (`resnext_lit.models.complexity`).
-- `dataset_name(datamodule, classes)`: what a table calls the data ("imagenet", "cifar100", ...).
+- `dataset_name(datamodule, classes)`: what a table calls the data ("imagenet", "cifar100", ...);
+  `data_name` the same from a record's config, for records that named the loader ("ffcv").
 - `resolution(datamodule, trainer)`: train (first and last epoch), val px and val crop ratio.
 - `counted_at(datamodule)`: the resolution params and MACs are counted at: the val one, where
   the recorded errors are measured (the paper counts FLOPs at its 224 px test crop).
@@ -74,19 +75,37 @@ def network_facts(net, image_size: int) -> dict:
             **complexity(net, image_size), "image_size": image_size}
 
 
+# DataModules that read files of any data: the name of the data, not of the loader, goes in a
+# record. kind -> its init args naming the files, train first.
+LOADERS = {"ffcv": ("train_path", "val_path"), "imagefolder": ("train_dir", "val_dir")}
+
+
 def dataset_name(datamodule, num_classes: int) -> str | None:
     """What a table calls the data: "cifar10"/"cifar100", "imagenet" (1000 classes from betons or
-    folders), else the DataModule's name ("digits"); a DataModule may say with `dataset`."""
+    folders), else the DataModule's name ("digits"); a DataModule may say with `dataset`. See
+    `data_name`."""
     if datamodule is None:
         return None
     if getattr(datamodule, "dataset", None):
         return datamodule.dataset
-    kind = type(datamodule).__name__.lower().removesuffix("datamodule")
+    return data_name(type(datamodule).__name__, dict(getattr(datamodule, "hparams", {})),
+                     num_classes)
+
+
+def data_name(class_name: str, init_args: dict, num_classes: int | None) -> str | None:
+    """The data of a DataModule class (a name or class path) given its init args. A loader of
+    files (`LOADERS`) is no dataset: 1000 classes are ImageNet, else the data is named by the
+    file it read (train's, else val's: "train.beton"; a name, not a claim about its content),
+    never by the loader ("ffcv")."""
+    kind = class_name.rsplit(".", 1)[-1].lower().removesuffix("datamodule")
     if kind == "cifar":
         return f"cifar{num_classes}"
-    if kind in ("ffcv", "imagefolder") and num_classes == 1000:
+    if kind not in LOADERS:
+        return kind
+    if num_classes == 1000:
         return "imagenet"
-    return kind
+    path = next((init_args[k] for k in LOADERS[kind] if init_args.get(k)), None)
+    return Path(str(path)).name if path else None
 
 
 def counted_at(datamodule) -> int:

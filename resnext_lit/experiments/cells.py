@@ -17,7 +17,8 @@ and evaluation setting (`TRAINING`, `DATA`: lr, schedule, weight decay, label sm
 MixUp/CutMix, zero-init residual, EMA, flip TTA, ...). Seeds are the only thing a cell averages
 over (a cell holding two runs of one seed says so). A value a record lacks is None, and None
 matches only None (a record older than its `dataset` key is on the data its network is
-registered on, `models.dataset_of`). When one (dataset, recipe, network) holds several recipes,
+registered on, `models.dataset_of`; one that named its loader, "ffcv", is named again from its
+config, `facts.data_name`). When one (dataset, recipe, network) holds several recipes,
 the cell is the one trained at the recipe's own global batch (`global_batch_size`, as the
 recipe states it), then the one with the most planned epochs (a smoke run is shorter than the
 real recipe), then the most finished runs, then `fit` over `validate`, then the most runs; the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from ..facts import LOADERS, data_name
 from ..models import dataset_of, model_entry, registered_name
 
 NETWORK = ("dataset", "recipe", "network", "depth", "cardinality", "bottleneck_width")
@@ -92,9 +94,7 @@ def summarize(record: dict, metric: str = "final") -> dict:
     return {"arch": record.get("arch") or (config.get("model") or {}).get("arch"),
             "network": network, "paper_setting": bool(entry.get("in_paper")),
             "status": record.get("status", "unknown"),
-            # A record that predates its "dataset" key: the data its network is registered on.
-            "dataset": record.get("dataset") or (
-                dataset_of(network, model.get("num_classes")) if network else None),
+            "dataset": _dataset(record, config, network),
             "recipe": record.get("recipe"), "seed": record.get("seed"), "stage": stage,
             "depth": setting[0], "cardinality": setting[1], "bottleneck_width": setting[2],
             "form": model.get("form"), "blurpool": bool(model.get("blurpool")),
@@ -117,6 +117,17 @@ def summarize(record: dict, metric: str = "final") -> dict:
             "top1": result.get(f"{split}/top1_err"), "top5": result.get(f"{split}/top5_err"),
             "history": history, "images_per_s": record.get("images_per_s"),
             "paper": entry.get("paper", {})}
+
+
+def _dataset(record: dict, config: dict, network: str | None) -> str | None:
+    """The data a run trained on, as its record names it; a record that named its loader
+    ("ffcv") is named again from its config, a record that predates the key by the data its
+    network is registered on."""
+    dataset, classes = record.get("dataset"), (record.get("model") or {}).get("num_classes")
+    if dataset in LOADERS:
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        return data_name(data.get("class_path") or dataset, _section(config, "data"), classes)
+    return dataset or (dataset_of(network, classes) if network else None)
 
 
 def _section(config: dict, name: str) -> dict:

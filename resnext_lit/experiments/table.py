@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         slug = f"{i:02d}_" + re.sub(r"[^a-z0-9]+", "_", name).strip("_")
         if plot_curves(t, out / f"{slug}_curves.png"):
             t.notes.append(f"![curves]({slug}_curves.png)")
-        if (t.title.startswith("Fig. 7") or t.title.startswith("Other")) and \
-                plot_error_vs_params(t, out / f"{slug}_error_vs_params.png"):
+        fig7 = t.title.startswith("Fig. 7")
+        if (fig7 or t.title.startswith("Other")) and \
+                plot_error_vs_params(t, out / f"{slug}_error_vs_params.png", series=fig7):
             t.notes.append(f"![error vs params]({slug}_error_vs_params.png)")
     text = markdown(tables)
     with atomic_write(out / "tables.md") as f:
