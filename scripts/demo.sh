@@ -7,7 +7,7 @@ py=${PYTHON:-.venv/bin/python}  # the venv `make` builds, unless PYTHON names an
 data=runs/demo/data
 rm -rf "$data"
 $py -m resnext_lit.data.digits "$data"
-$py -m resnext_lit write-beton --train "$data/train" --val "$data/val" --out "$data" \
+$py -m resnext_lit write-beton --train "$data/train" --val "$data/val" --out "$data" --dataset digits \
   --workers 2 --no-progress
 $py -m resnext_lit fit --config configs/demo.yaml --config configs/data/demo_ffcv.yaml "$@"
 $py -m resnext_lit summary runs/demo

@@ -106,7 +106,7 @@ def beton_varied_written(beton_varied_folder, tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("betons") / "train.beton"
     result = write_beton(beton_varied_folder["root"], out, max_side=BETON_MAX_SIDE, workers=2,
-                         progress=False)
+                         progress=False, dataset="varied")
     return {**beton_varied_folder, "beton": out, "result": result}
 
 

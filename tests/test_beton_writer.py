@@ -27,7 +27,9 @@ from scipy.io import savemat
 from resnext_lit.cli import main as cli
 from resnext_lit.data.beton.sidecar import read_beton_info, sidecar_path
 from resnext_lit.data.beton.write import PARTIAL_SUFFIX, REPORT_SUFFIX, write_beton
+from resnext_lit.data.ffcv import FFCVDataModule
 from resnext_lit.data.images import BadImage, load_rgb
+from resnext_lit.facts import dataset_name
 
 from helpers import ctrl_c_enabled
 
@@ -83,6 +85,10 @@ def test_records_sidecar_and_report(beton_varied_written):
     huge = [i for i, (path, _) in enumerate(good) if path.endswith("huge.jpg")]
     assert sides[huge].tolist() == [64] * 3 and meta["height"][huge].tolist() == [42] * 3
     assert set(meta["mode"].tolist()) == {0, 1}  # `proportion`: some JPEG, some raw
+    # --dataset names the data for tables: the sidecar keeps it, the DataModule says it.
+    assert info["dataset"] == "varied"
+    data = FFCVDataModule(val_path=str(beton), batch_size=8)
+    assert data.dataset == dataset_name(data, data.num_classes) == "varied"
 
 
 def test_load_rgb_decodes_by_content(tmp_path):

@@ -195,6 +195,8 @@ class FFCVDataModule(LightningDataModule):
                             "write val with --train or --classes pointing at the train split")
         self.num_classes: int = len(train_info["classes"])
         self.classes: list[str] = train_info["classes"]
+        # What tables call the data: the writer's --dataset (`resnext_lit.facts.dataset_name`).
+        self.dataset: str | None = train_info.get("dataset") or val_info.get("dataset")
         self.class_counts: list[int] = train_info["class_counts"]  # train images per class
         self.num_train = train_info["num_records"] if train_path else None
         self.num_val = val_info["num_records"]
@@ -257,6 +259,12 @@ class FFCVDataModule(LightningDataModule):
                                 **self._common())
 
     test_dataloader = val_dataloader
+    # The val split; FFCV's loader is no torch DataLoader, so the prediction writer numbers its
+    # rows from the loader's `indices`, which the sequential order walks in turn.
+    predict_dataloader = val_dataloader
+
+    def sample_name(self, index: int) -> str:
+        return f"{Path(self.hparams.val_path).name}[{index}]"
 
 
 def _split_infos(train_path, val_path, classes) -> tuple[dict, dict]:

@@ -189,12 +189,14 @@ def write_beton(source, out, *, classes=None, val_labels=None, synsets=None,
                 compress_probability: float = DEFAULT_COMPRESS_PROBABILITY,
                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, seed: int = 0,
                 workers: int | None = None, strict: bool = False, progress: bool = True,
-                split: str | None = None, per_class: int | None = None) -> WriteResult:
+                split: str | None = None, per_class: int | None = None,
+                dataset: str | None = None) -> WriteResult:
     """Write one split to `out` (a .beton path) with its sidecar and skip report.
 
     `classes`: the class names (list), a train ImageFolder or a train sidecar; default: the
     sorted sub-folders of `source`. `val_labels` (+ `synsets`): read `source` as ImageNet's flat
     validation layout. `per_class`: only the first that many decodable images of each class.
+    `dataset`: what tables call the data ("digits"), kept in the sidecar.
     Raises ValueError for bad input or too little free disk, StrictSkipError under `strict`.
     """
     options = WriteOptions(max_side, write_mode, compress_probability, jpeg_quality, seed)
@@ -205,7 +207,7 @@ def write_beton(source, out, *, classes=None, val_labels=None, synsets=None,
     scanned = _scan_planned(plan, beton, options, workers, strict, progress,
                             split or beton.stem, per_class)
     _check_disk([scanned])
-    return _write_scanned(scanned, options, workers, progress, per_class)
+    return _write_scanned(scanned, options, workers, progress, per_class, dataset)
 
 
 def _write_report(beton: Path, skipped) -> Path:
@@ -284,7 +286,7 @@ def _check_disk(splits: list[ScannedSplit]) -> str:
 
 
 def _write_scanned(scanned: ScannedSplit, options: WriteOptions, workers: int, progress: bool,
-                   per_class: int | None = None) -> WriteResult:
+                   per_class: int | None = None, dataset: str | None = None) -> WriteResult:
     from ffcv.fields import IntField, RGBImageField
 
     start = time.perf_counter()
@@ -307,7 +309,7 @@ def _write_scanned(scanned: ScannedSplit, options: WriteOptions, workers: int, p
         ffcv_write(partial_path, BetonRecords(good, options.max_side, options.seed), workers,
                    fields, page, progress, scanned.split)
         counts = np.bincount([label for _, label in good], minlength=len(classes)).tolist()
-        info = {"format": SIDECAR_FORMAT, "split": scanned.split,
+        info = {"format": SIDECAR_FORMAT, "split": scanned.split, "dataset": dataset,
                 "source": str(scanned.source.resolve()), "classes": classes,
                 "class_counts": counts, "num_records": len(good), "per_class": per_class,
                 "skipped": len(skipped), "report": beton.name + REPORT_SUFFIX,
@@ -356,6 +358,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--adopt", nargs="+", metavar="BETON",
                    help="write our sidecar for existing betons (classes named by index unless "
                         "--classes); one that has a sidecar is checked and left as is")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="what tables call this data (e.g. digits); default: 1000 classes are "
+                        "imagenet, others the beton's file name")
     p.add_argument("--per-class", type=int, default=None, metavar="N",
                    help="only the first N decodable images of each class, train and val "
                         "(a quick trial)")
@@ -409,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_check_disk(scanned))  # before any write: hours of writing must not run out
         for split in scanned:
             beton = split.beton
-            result = _write_scanned(split, options, workers, progress, args.per_class)
+            result = _write_scanned(split, options, workers, progress, args.per_class,
+                                    args.dataset)
             print(_summary(result, split.classes))
     except StrictSkipError as err:
         print(f"error: {err}", file=sys.stderr)
