@@ -42,7 +42,7 @@ HELP = {
     "fit": "train a network from a recipe (--config configs/<recipe>.yaml)",
     "validate": "score a checkpoint (--ckpt_path) or a weights file (--model.weights) on val",
     "test": "score a checkpoint or weights file on the DataModule's test split",
-    "predict": "not usable yet: no DataModule here has a predict split",
+    "predict": "top-5 classes per image of a val split or a folder -> predictions.csv",
     "models": "the zoo: every network with params, MACs and the paper's errors",
     "summary": "what the newest training run under a folder did (its results.json)",
     "write-beton": "write an image folder as an FFCV .beton with its sidecar",

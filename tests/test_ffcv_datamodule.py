@@ -557,3 +557,27 @@ def test_foreign_betons_of_other_fields_or_truncated_fail_in_one_line(ffcv_forei
         line = capfd.readouterr().err.strip().splitlines()[-1]
         assert line.startswith("error: ") and str(path) in line and culprit in line, line
         assert not sidecar_path(path).exists()
+
+
+def test_predict_names_the_beton_records_in_order(beton_varied_written, tmp_path, capsys):
+    """`predict` over a val beton: FFCV's loader is no torch DataLoader, so the rows are
+    numbered from its record indices; each row names its record and its class."""
+    from resnext_lit.cli import main
+
+    beton = beton_varied_written["beton"]
+    classes = read_beton_info(beton)["classes"]
+    weights = tmp_path / "weights.pth"
+    torch.save(create_model("resnext11_2x4d", num_classes=len(classes)).state_dict(), weights)
+    assert main(["predict", "--config", str(ROOT / "configs" / "demo.yaml"),
+                 "--data=resnext_lit.data.ffcv.FFCVDataModule", f"--data.val_path={beton}",
+                 "--data.batch_size=16", "--data.val_res=32", "--data.num_workers=2",
+                 "--model.arch=resnext11_2x4d", f"--model.weights={weights}",
+                 "--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false",
+                 "--run_root", str(tmp_path)]) == 0
+    assert "Couldn't infer the batch indices" not in capsys.readouterr().err
+    (path,) = tmp_path.rglob("predictions.csv")
+    rows = path.read_text().splitlines()[1:]
+    dm = FFCVDataModule(val_path=str(beton), batch_size=32, val_res=32, num_workers=2)
+    _, labels = collect(dm.val_dataloader())
+    assert [row.split(",")[:2] for row in rows] == \
+        [[f"{beton.name}[{i}]", classes[labels[i]]] for i in range(32)]

@@ -7,7 +7,10 @@ on the device, in `ResNeXtModule.on_after_batch_transfer`, so loaders move raw b
 Each DataModule exposes `num_classes`, `mean` and `std` (linked into the model by the CLI) and
 `image_size`; the ImageNet ones also `val_image_size` and `val_crop_ratio`.
 
-- DataModules: `ffcv` (betons), `folder` (JPEG folders), `cifar`, `digits`, `synthetic`.
+- DataModules: `ffcv` (betons), `folder` (JPEG folders), `cifar`, `digits`, `synthetic`;
+  `predict_folder` (any folder of images, for `predict` only). Each one's `predict_dataloader`
+  is its val split, and `sample_name(index)` names an image in `predictions.csv`: its file, or
+  `<split>[<index>]`; `classes` (where known) names the classes.
 - Shared by them: `images` (listing and decoding), `imagenet_val` (the flat val layout),
   `distributed` (exact val shards under DDP), `workers` (worker counts that fit the machine).
 - `beton/`: the `write-beton` command and the sidecar beside each .beton.

@@ -109,6 +109,18 @@ class CIFARDataModule(LightningDataModule):
                             f"cifar-{num_classes}-python.tar.gz under data.root={root}")
         self.num_classes, self.batch_size = num_classes, batch_size
         self.num_workers = clip_workers(num_workers)
+        self.classes = self._class_names(release)
+
+    def _class_names(self, release) -> list[str] | None:
+        """The release's names ("airplane", ...) from its meta file; None without one."""
+        path = self.folder / release.meta["filename"]
+        try:
+            with open(path, "rb") as f:
+                names = [str(n) for n in _ArraysOnly(f, encoding="latin1").load()[
+                    release.meta["key"]]]
+        except (OSError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
+            return None
+        return names if len(names) == self.num_classes else None
 
     def _check_release(self) -> None:
         changed = [name for files in self.files.values() for name, md5 in files
@@ -144,8 +156,13 @@ class CIFARDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self.trainer)
         sampler = ExactShardSampler(self.val_set, world, rank) if world > 1 else None
-        return DataLoader(self.val_set, self.batch_size, sampler=sampler,
+        # batch_size by keyword: Lightning re-creates a predict loader (see `digits`).
+        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           worker_init_fn=shield_from_stop_signals)
 
     test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader  # the test set, which the paper reports
+
+    def sample_name(self, index: int) -> str:
+        return f"test[{index}]"

@@ -44,7 +44,7 @@ class DigitsDataModule(LightningDataModule):
     """Digits in the repo's batch format; light augmentation (random crop with padding, no flip:
     a mirrored digit is another glyph)."""
 
-    num_classes = len(CLASSES)
+    num_classes, classes = len(CLASSES), CLASSES
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # any fixed statistics do for the demo
 
     def __init__(self, batch_size: PositiveInt = 64, image_size: PositiveInt = 32,
@@ -70,11 +70,16 @@ class DigitsDataModule(LightningDataModule):
                           worker_init_fn=shield_from_stop_signals)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
+        # batch_size by keyword: Lightning re-creates a predict loader with its own batch
+        # sampler, and refuses a positional batch_size beside it.
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           worker_init_fn=shield_from_stop_signals)
 
     test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
+    predict_dataloader = val_dataloader  # the val split, one CSV row per image
+
+    def sample_name(self, index: int) -> str:
+        return f"val[{index}]"
 
 
 def export(root: str, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> None:

@@ -130,7 +130,9 @@ class ImageFolderDataModule(LightningDataModule):
         self.val_set = ImageFiles(val, val_transform(hp.val_res, hp.val_crop_ratio))
 
     def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(dataset, batch_size, num_workers=self.num_workers,
+        # batch_size by keyword: Lightning re-creates a predict loader with its own batch
+        # sampler, and refuses a positional batch_size beside it.
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available(),
                           worker_init_fn=shield_from_stop_signals, **kwargs)
@@ -146,3 +148,7 @@ class ImageFolderDataModule(LightningDataModule):
                             sampler=sampler)
 
     test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader  # the val split, one CSV row per file
+
+    def sample_name(self, index: int) -> str:
+        return self.val_set.samples[index][0]

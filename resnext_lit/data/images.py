@@ -42,7 +42,8 @@ def list_classes(root: str | os.PathLike) -> list[str]:
     return classes
 
 
-def _image_files(folder: str) -> list[str]:
+def image_files(folder: str) -> list[str]:
+    """Every image file under `folder` (sub-folders too), by extension, in sorted order."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames.sort()  # os.walk order is the file system's; sorting makes record order stable
@@ -64,7 +65,7 @@ def list_image_folder(root: str | os.PathLike, classes: list[str]) -> list[tuple
     for index, name in enumerate(classes):
         if name not in present:
             continue  # a val split may lack a class; its count in the sidecar says so
-        files = _image_files(str(root / name))
+        files = image_files(str(root / name))
         if not files:
             raise UserError(f"class folder {root / name} has no image files "
                             f"({'/'.join(IMAGE_EXTENSIONS)})")

@@ -42,8 +42,12 @@ class SyntheticDataModule(LightningDataModule):
                           shuffle=True, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.hparams.num_val, 1), self.batch_size,
+        # batch_size by keyword: Lightning re-creates a predict loader (see `digits`).
+        return DataLoader(self._dataset(self.hparams.num_val, 1), batch_size=self.batch_size,
                           num_workers=self.num_workers)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader
+
+    def sample_name(self, index: int) -> str:
+        return f"val[{index}]"

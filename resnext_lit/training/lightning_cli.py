@@ -7,9 +7,9 @@
 Several `--config` files compose left to right, and `data.num_classes` (and `mean`, `std`) is
 linked into the model. Checkpoints load with `weights_only=True` unless `--weights_only=false`.
 The repo's own callbacks (`BUILTINS`: checkpoints, the run's record, preemption, exact resume,
-the data-wait split, the progress bar) are config keys under `builtins`, each on unless set to
-null; `trainer.callbacks` adds others, which run before them. `run_cli` returns the exit status;
-bad input raises a one-line `UserError` (`resnext_lit.errors`).
+the data-wait split, the progress bar, `predict`'s CSV) are config keys under `builtins`, each on
+unless set to null; `trainer.callbacks` adds others, which run before them. `run_cli` returns
+the exit status; bad input raises a one-line `UserError` (`resnext_lit.errors`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..wandb_access import close_run
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, check_checkpoint, use_atomic_checkpoints
 from .data_wait import DataWait
 from .nonfinite import NonFiniteError
+from .predictions import PredictionWriter, fill_predict_data
 from .preemption import Preempted, Preemption, slurm_requeue
 from .progress import LogStepProgressBar
 from .record_writer import RecordWriter
@@ -55,7 +56,8 @@ BUILTINS = {"best_checkpoint": (ModelCheckpoint, BEST_CHECKPOINT),
             "last_checkpoint": (ModelCheckpoint, LAST_CHECKPOINT),
             "record": (RecordWriter, {}), "preemption": (Preemption, {}),
             "exact_resume": (ExactResume, {}), "data_wait": (DataWait, {}),
-            "progress_bar": (LogStepProgressBar, {})}
+            "progress_bar": (LogStepProgressBar, {}),
+            "predictions": (PredictionWriter, {})}  # predict only: <run folder>/predictions.csv
 
 
 class ResNeXtCLI(LightningCLI):
@@ -192,6 +194,8 @@ class ResNeXtCLI(LightningCLI):
             import torch
 
             config.trainer.benchmark = torch.cuda.is_available()
+        if self.subcommand == "predict":  # a trained network; a folder's classes from its file
+            fill_predict_data(config)
         if config.get("ckpt_path") and config.model.get("weights"):
             # The checkpoint's network is restored after the model is built: loading the file
             # would be overwritten (and a resumed run must not need the file any more).
@@ -223,6 +227,16 @@ class ResNeXtCLI(LightningCLI):
         self._describe_run()
 
     before_test = before_validate  # the same evaluation, on the test split
+
+    def before_predict(self) -> None:
+        # `PredictionWriter` keeps each batch's top-k rows: Lightning need not also hold every
+        # batch's probabilities (all classes) unless --return_predictions true asks.
+        self._apply_global_batch()
+        config = self.config_init[self.subcommand]
+        if config.get("return_predictions") is None:
+            config.return_predictions = False
+        if self.trainer.is_global_zero:
+            announce(self.run)
 
     def _apply_global_batch(self) -> None:
         from .scale import apply_global_batch

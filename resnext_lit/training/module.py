@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..models import create_model, load_weights
 from .checkpoints import forget_start_weights
 from .nonfinite import NonFiniteGuard
+from .predictions import EVAL_DATA, eval_data
 from .scale import run_scale
 from .schedules import check_schedule, lr_factor
 
@@ -208,6 +209,8 @@ class ResNeXtModule(LightningModule):
         if self.trainer.state.fn == "fit":  # every rank saves (and so checks) at the same step
             self._nonfinite.verify(self.trainer)
         forget_start_weights(checkpoint)  # a copy of the hparams: self.hparams keeps the name
+        if self.trainer.datamodule is not None:  # class names and val crop, for `predict`
+            checkpoint[EVAL_DATA] = eval_data(self.trainer.datamodule)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
