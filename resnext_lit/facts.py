@@ -11,7 +11,8 @@ facts from here, so a table never sees two versions of one.
 - `code_version()`: the git commit of this code and whether the tree had changes, or
   "not a git checkout" (an installed package).
 - `network_facts(net, size)`: the network's settings, its depth as the paper counts it
-  (`resnext_lit.models.depth_of`), params and MACs at `size` (`resnext_lit.models.complexity`).
+  (`resnext_lit.models.depth_of`), params and MACs at `size` (`resnext_lit.models.flops`);
+  `counted_network(config, size)` the same for a network not built yet.
 - `dataset_name(datamodule, classes)`: what a table calls the data ("imagenet", "cifar100", ...);
   `data_name` the same from a record's config, for records that named the loader ("ffcv").
 - `resolution(datamodule, trainer)`: train (first and last epoch), val px and val crop ratio.
@@ -73,6 +74,18 @@ def network_facts(net, image_size: int) -> dict:
 
     return {**{k: v for k, v in net.config.items() if k != "layers"}, "depth": net.depth,
             **complexity(net, image_size), "image_size": image_size}
+
+
+def counted_network(net_config: dict, image_size: int) -> dict:
+    """`network_facts` of the network `net_config` builds, counted on meta tensors: no memory,
+    no compute (the record, the W&B config and the console's network line)."""
+    import torch
+
+    from .models import ResNeXt
+
+    with torch.device("meta"):
+        meta = ResNeXt(**net_config)
+    return network_facts(meta, image_size)
 
 
 # DataModules that read files of any data: the name of the data, not of the loader, goes in a

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,10 +26,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from ..errors import UserError
+from ..facts import counted_at, counted_network, resolution
 from ..models.registry import OVERRIDES, model_config
 from ..run_identity import setting_difference, setting_of
 from ..wandb_access import close_run
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, check_checkpoint, use_atomic_checkpoints
+from .console import files_line, network_line, quiet_upstream
 from .data_wait import DataWait
 from .nonfinite import NonFiniteError
 from .predictions import PredictionWriter, fill_predict_data
@@ -212,7 +213,23 @@ class ResNeXtCLI(LightningCLI):
             print(describe(run_scale(trainer, self.datamodule, self.model.hparams.lr),
                            str(trainer.precision), config.get("global_batch_size"),
                            config.get("paper_batch_per_device")), file=sys.stderr)
+            size = resolution(self.datamodule, trainer)["train"] or counted_at(self.datamodule)
+            print(network_line(self.model.hparams.arch,
+                               counted_network(self.model.model.config, size)), file=sys.stderr)
         self._describe_run()
+
+    def after_fit(self) -> None:
+        self._say_files("fit")
+
+    def after_validate(self) -> None:
+        self._say_files("validate")
+
+    def after_test(self) -> None:
+        self._say_files("test")
+
+    def _say_files(self, stage: str) -> None:
+        if self.trainer.is_global_zero and self.trainer.state.finished:
+            print(files_line(self.run, self.trainer, stage), file=sys.stderr)
 
     def before_validate(self) -> None:
         # A validate run (e.g. Table 5's 320 px test) has a record too, whose `scale` is the
@@ -359,9 +376,7 @@ def run_cli(args: list[str] | None) -> int:
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning import LightningDataModule
 
-    # Lightning says this for every run outside a SLURM job once SLURM is installed (a login
-    # node, a workstation with the client tools): a run inside a job needs no hint.
-    warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+    quiet_upstream()  # upstream messages that say nothing about this run (console.py says why)
 
     from .module import ResNeXtModule
 
@@ -372,6 +387,9 @@ def _lightning_cli(args: list[str] | None) -> None:
         auto_configure_optimizers=False,
         trainer_defaults={
             "default_root_dir": RUNS_DIR,
+            # Its FLOPs column reads 0 and it lists the metrics as layers: the CLI prints the
+            # network's line instead (`console.network_line`).
+            "enable_model_summary": False,
             "logger": {"class_path": "resnext_lit.training.csv_logger.CSVLogger"}},
         save_config_callback=SaveConfigAfterRestore, save_config_kwargs={"overwrite": True},
         # Parse errors raise (and `main` prints them on one line) instead of printing usage.

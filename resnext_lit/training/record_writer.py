@@ -24,7 +24,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -32,13 +31,12 @@ from ..atomic import write_json_atomic
 from ..facts import (
     code_version,
     counted_at,
+    counted_network,
     dataset_name,
     environment,
-    network_facts,
     resolution,
     training_limits,
 )
-from ..models import ResNeXt
 from ..run_identity import slurm_job_key
 from .scale import run_scale
 
@@ -67,6 +65,12 @@ class RecordWriter(Checkpoint):
         self.record: dict = {}
         self._validated = None  # the epoch whose validation ran last (fit only)
         self._checkpoint_at: dict = {}  # epoch and step of the checkpoint `validate` loaded
+        self._path: Path | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """Where this run's record is written (known once the stage has started)."""
+        return self._path
 
     def state_dict(self) -> dict:
         # What a `validate` record cites, as plain JSON values: jsonargparse's PositiveInt (a
@@ -109,13 +113,11 @@ class RecordWriter(Checkpoint):
         self._write(trainer)
 
     def _new_record(self, trainer, pl_module, stage: str) -> dict:
-        with torch.device("meta"):  # counted on meta tensors: no memory, no compute
-            meta = ResNeXt(**pl_module.model.config)
         data = trainer.datamodule
         hardware, versions = environment()
         return {
             "status": "running", "stage": stage, "arch": pl_module.hparams.arch,
-            "model": network_facts(meta, counted_at(data)),
+            "model": counted_network(pl_module.model.config, counted_at(data)),
             "dataset": dataset_name(data, pl_module.hparams.num_classes),
             "run": self.run, "setting": self.setting,
             "recipe": self.recipe, "seed": self.config.get("seed_everything"),

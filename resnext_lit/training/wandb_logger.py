@@ -34,7 +34,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -42,13 +41,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..facts import (
     code_version,
     counted_at,
+    counted_network,
     dataset_name,
     environment,
-    network_facts,
     resolution,
     training_limits,
 )
-from ..models import ResNeXt, model_config, model_entry, registered_name
+from ..models import model_config, model_entry, registered_name
 from ..models.registry import OVERRIDES
 from ..wandb_access import PROBE_S, has_credentials, reachable
 
@@ -92,9 +91,7 @@ def network_name(arch: str, depth: int, cardinality: int, bottleneck_width: int)
 def run_facts(arch: str, net_config: dict, image_size: int, recipe: str | None = None,
               dataset: str | None = None) -> tuple[str, list[str], dict]:
     """(group, tags, config facts) of one run of `arch` built with `net_config`."""
-    with torch.device("meta"):  # count on meta tensors: no memory, no compute
-        meta = ResNeXt(**net_config)
-    network = network_facts(meta, image_size)  # the same facts as results.json's "model"
+    network = counted_network(net_config, image_size)  # the same facts as results.json's
     depth, c, d = network["depth"], network["cardinality"], network["bottleneck_width"]
     group, tags = run_labels(arch, depth, c, d, network["form"], recipe, dataset)
     hardware, versions = environment()
