@@ -250,7 +250,8 @@ def estimate_size(found: Scanned, jpeg_share: float, workers: int, page: int) ->
       that times the JPEG/raw ratio of the scan's sample (FFCV's encoder at the write's
       quality; 1 if nothing was sampled); `jpeg_share` of the images as JPEG, the rest raw;
     - pages: each worker fills pages of its own and starts the next when a record does not
-      fit, losing about half a record per page, and its last page is about half empty;
+      fit, losing about half a record per page, and writes its last page whole: about half a
+      page per worker more, and at least one page per worker (what sizes a small write);
     - the allocation table, one row per record.
     Within a few % for raw; for JPEG as good as the sample (the tests allow 2x)."""
     records = len(found.good)
@@ -261,7 +262,8 @@ def estimate_size(found: Scanned, jpeg_share: float, workers: int, page: int) ->
     head_pages = math.ceil((HeaderType.itemsize + 2 * FieldDescType.itemsize + metadata) / page)
     per_page = page - data / max(records, 1) / 2
     writing = min(workers, math.ceil(records / WRITE_CHUNK))  # FFCV hands out WRITE_CHUNK a task
-    pages = head_pages + data / per_page + writing / 2
+    # ... and a worker that writes at all writes at least one whole page (small writes).
+    pages = head_pages + max(writing, data / per_page + writing / 2)
     return int(pages * page + records * ALLOC_TABLE_TYPE.itemsize)
 
 
