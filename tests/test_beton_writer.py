@@ -85,6 +85,8 @@ def test_records_sidecar_and_report(beton_varied_written):
     huge = [i for i, (path, _) in enumerate(good) if path.endswith("huge.jpg")]
     assert sides[huge].tolist() == [64] * 3 and meta["height"][huge].tolist() == [42] * 3
     assert set(meta["mode"].tolist()) == {0, 1}  # `proportion`: some JPEG, some raw
+    # A small write is whole pages (one per writing worker): the estimate knows it.
+    assert abs(written["result"].estimated_bytes / beton.stat().st_size - 1) < RAW_TOLERANCE
     # --dataset names the data for tables: the sidecar keeps it, the DataModule says it.
     assert info["dataset"] == "varied"
     data = FFCVDataModule(val_path=str(beton), batch_size=8)

@@ -46,6 +46,29 @@ def test_help_lists_every_command_with_one_line(capsys):
         assert [line.split()[0] for line in lines[3:]] == list(HELP)
 
 
+def test_every_tool_answers_help_before_loading_torch_ffcv_or_lightning():
+    """`<tool> --help` imports none of the heavy libraries (seconds each): it answers at once."""
+    from resnext_lit.cli import COMMANDS
+
+    heavy = ("torch", "lightning", "ffcv", "cv2", "numba", "wandb", "matplotlib")
+    check = f"""
+import contextlib, io, sys
+from resnext_lit.cli import main
+for tool in {list(COMMANDS)!r}:
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main([tool, "--help"])
+        except SystemExit as done:
+            assert done.code == 0, tool
+    assert out.getvalue().startswith("usage: python -m resnext_lit " + tool), tool
+    loaded = [name for name in {heavy!r} if name in sys.modules]
+    assert not loaded, (tool, loaded)
+"""
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_trainer_commands_help_names_the_real_command(capsys):
     from resnext_lit.cli import main
 

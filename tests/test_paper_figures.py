@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resnext_lit.models import complexity, create_model, model_entry, solve_bottleneck_width
-from resnext_lit.models.complexity import block_cost
+from resnext_lit.models.flops import block_cost
 from resnext_lit.models.registry import FIG7_WIDE, TABLE1, TABLE3, TABLE4, TABLE7
 
 

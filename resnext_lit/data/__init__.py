@@ -11,13 +11,11 @@ Each DataModule exposes `num_classes`, `mean` and `std` (linked into the model b
   `predict_folder` (any folder of images, for `predict` only). Each one's `predict_dataloader`
   is its val split, and `sample_name(index)` names an image in `predictions.csv`: its file, or
   `<split>[<index>]`; `classes` (where known) names the classes.
-- Shared by them: `images` (listing and decoding), `imagenet_val` (the flat val layout),
-  `distributed` (exact val shards under DDP), `workers` (worker counts that fit the machine).
+- Shared by them: `in_memory` (`TensorImages`: the digits, CIFAR), `images` (listing and
+  decoding), `imagenet_val` (the flat val layout), `distributed` (exact val shards under DDP),
+  `workers` (worker counts that fit the machine).
 - `beton/`: the `write-beton` command and the sidecar beside each .beton.
 """
-
-import torch
-from torch.utils.data import Dataset
 
 from ..errors import UserError
 
@@ -48,18 +46,3 @@ def check_args(crop_scale, val_crop_ratio: float, **positive: int | None) -> Non
         raise UserError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
     if not 0 < val_crop_ratio <= 1:
         raise UserError(f"data.val_crop_ratio must be in (0, 1], got {val_crop_ratio!r}")
-
-
-class TensorImages(Dataset):
-    """uint8 [N, 3, H, W] images and int64 labels held in memory (the digits, CIFAR), with an
-    optional per-image transform for training-time augmentation."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), self.labels[i]

@@ -28,8 +28,9 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
 from ..errors import UserError
-from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, TensorImages
+from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .distributed import ExactShardSampler, rank_and_world
+from .in_memory import TensorImages
 from .workers import clip_workers, shield_from_stop_signals
 
 IMAGE_SIZE = 32

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..errors import UserError
-from . import IMAGENET_MEAN, IMAGENET_STD, TensorImages
+from . import IMAGENET_MEAN, IMAGENET_STD
+from .in_memory import TensorImages
 from .workers import clip_workers, shield_from_stop_signals
 
 CLASSES = tuple(str(i) for i in range(10))

@@ -1,29 +1,27 @@
 """The ResNeXt model zoo (arXiv:1611.05431): network, registry, complexity, form conversion,
 pretrained weights."""
 
-from .complexity import complexity, solve_bottleneck_width
-from .convert import convert_form, copy_form
-from .registry import (
-                       create_model,
-                       dataset_of,
-                       list_models,
-                       model_config,
-                       model_entry,
-                       registered_name,
-)
-from .resnext import (
-                       FORMS,
-                       BlurConv2d,
-                       Bottleneck,
-                       ResNeXt,
-                       blurs,
-                       check_args,
-                       depth_of,
-                       group_width,
-)
-from .weights import load_weights
+import importlib
 
-__all__ = ["FORMS", "BlurConv2d", "Bottleneck", "ResNeXt", "blurs", "check_args", "complexity",
-           "convert_form", "copy_form", "create_model", "dataset_of", "depth_of", "group_width",
-           "list_models", "load_weights", "model_config", "model_entry", "registered_name",
-           "solve_bottleneck_width"]
+# Each public name -> the module that defines it, imported on first use: the tools that read
+# only the registry (`summary`, `table`, `models --help`) then start without importing torch.
+_WHERE = {
+    "complexity": "flops", "solve_bottleneck_width": "flops",
+    "convert_form": "convert", "copy_form": "convert",
+    "create_model": "registry", "dataset_of": "registry", "list_models": "registry",
+    "model_config": "registry", "model_entry": "registry", "registered_name": "registry",
+    "FORMS": "resnext", "BlurConv2d": "resnext", "Bottleneck": "resnext", "ResNeXt": "resnext",
+    "blurs": "resnext", "check_args": "resnext", "depth_of": "resnext", "group_width": "resnext",
+    "load_weights": "weights",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -17,9 +17,12 @@ Networks the paper does not train (torchvision's extra variants, the CPU demo's)
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .resnext import ResNeXt, check_args
+
+if TYPE_CHECKING:
+    from .resnext import ResNeXt
 
 # Blocks per stage (paper Table 1 and Sec. 4; Sec. 5.3 for the CIFAR ResNeXt-29). Depth 11, one
 # block per CIFAR stage, is not in the paper: it is the CPU demo's network.
@@ -195,10 +198,14 @@ def model_config(name: str, **overrides) -> dict:
     stem = "cifar" if depth in CIFAR_DEPTHS else "imagenet"
     args.setdefault("num_classes", 10 if stem == "cifar" else 1000)
     config = dict(layers=DEPTHS[depth], stem=stem, **args)
+    from .resnext import check_args  # torch: imported by what builds networks, not by readers
+
     check_args(**config)  # a config this returns builds: the CLI checks flags with it
     return config
 
 
 def create_model(name: str, **overrides) -> ResNeXt:
     """Build the registered network `name`, e.g. `create_model("resnext101_64x4d")`."""
+    from .resnext import ResNeXt
+
     return ResNeXt(**model_config(name, **overrides))

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from .complexity import complexity
-from .registry import create_model, list_models, model_entry
+from .registry import list_models, model_entry
 
 HEADER = ("model", "depth", "C", "d", "params M", "GMACs", "px", "paper err %", "data",
           "in paper", "alias")
@@ -23,6 +20,11 @@ HEADER = ("model", "depth", "C", "d", "params M", "GMACs", "px", "paper err %", 
 def zoo_rows(names: list[str] | None = None) -> list[dict]:
     """One dict per model: name, depth, C, d, params, MACs at its native size, paper error
     (ImageNet top-1, or CIFAR-10 test error), data, where the paper has it, aliases."""
+    import torch  # here, not at the top: `models --help` answers without it
+
+    from .flops import complexity
+    from .registry import create_model
+
     rows = []
     for name in names or list_models():
         entry = model_entry(name)
