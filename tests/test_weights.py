@@ -9,6 +9,8 @@ its published weights (the same names and shapes; the values do not matter to a 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from lightning import Trainer
 from resnext_lit.cli import main
 from resnext_lit.data.synthetic import SyntheticDataModule
 from resnext_lit.training.module import ResNeXtModule
+
+from helpers import ROOT
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
@@ -171,3 +175,49 @@ def test_a_lightning_modules_own_state_dict_loads(tmp_path):
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ours.eval().model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_readmes_first_check_runs_as_written_on_a_val_beton(tmp_path, beton_make_flat_val,
+                                                                monkeypatch, capsys):
+    """The README's first check, its command as written: ImageNet's flat val layout (Kaggle's
+    LOC files, 1000 classes) -> a val beton -> torchvision's resnext50_32x4d state dict, whose
+    fc answers class 7 whatever the image, validated at 224 px. Its top-1 error is then exactly
+    the share of images not of class 7: the weights loaded, the labels mapped, the crop ran."""
+    synsets = [f"n{i:08d}" for i in range(1000)]
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("".join(f"{w} class {i}\n" for i, w in enumerate(synsets)))
+    labels = [7, 7, 3, 7, 999, 0, 7, 500]  # 4 of 8 are class 7
+    val = beton_make_flat_val(tmp_path / "val", labels, size=64)
+    solution = tmp_path / "LOC_val_solution.csv"
+    solution.write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{i:08d},{synsets[k]} 1 2 30 40\n" for i, k in enumerate(labels, 1)))
+    out = tmp_path / "imagenet"
+    assert main(["write-beton", "--val", str(val), "--val-labels", str(solution), "--classes",
+                 str(mapping), "--out", str(out), "--workers", "2", "--no-progress"]) == 0
+
+    net = torchvision.models.resnext50_32x4d()
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.zero_()
+        net.fc.bias[7] = 10.0
+    weights = tmp_path / "resnext50_32x4d-7cdf4587.pth"
+    torch.save(net.state_dict(), weights)
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("python -m resnext_lit validate --config configs/imagenet_paper.yaml")
+    command = readme[start:readme.index("```", start)].replace("\\\n", " ")
+    argv = [arg.replace("data/imagenet/val.beton", str(out / "val.beton"))
+            .replace("resnext50_32x4d-7cdf4587.pth", str(weights))
+            for arg in shlex.split(command)[3:]]  # after "python -m resnext_lit"
+    assert str(weights) in argv and str(out / "val.beton") in argv
+    monkeypatch.chdir(ROOT)  # the README's relative config paths; the run goes under tmp_path
+    cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1",
+           "--trainer.enable_progress_bar=false", "--data.init_args.num_workers=2",
+           "--data.init_args.val_batch_size=4", f"--run_root={tmp_path / 'runs'}"]
+    assert main([*argv, *cpu]) == 0, capsys.readouterr().err[-2000:]
+    (record,) = (tmp_path / "runs" / "eval_torchvision").rglob("results.json")
+    result = json.loads(record.read_text())
+    assert result["evaluated"] == str(weights) and result["dataset"] == "imagenet"
+    assert result["model"]["image_size"] == 224 and result["model"]["params"] == 25_028_904
+    assert result["final"]["val/top1_err"] == pytest.approx(50.0)
