@@ -16,6 +16,18 @@ BETON_HUGE_SIDE = 2400
 BETON_COLOR_STEP = 40  # flat colours this far apart identify each image after JPEG and crops
 
 
+# The longest files first (measured, whole-file seconds on 2 cores): `make test`'s xdist workers
+# take whole files in collection order, and a long file started last leaves the other worker
+# idle while it runs. Within each file the order is pytest's.
+LONGEST_FIRST = ("test_demo.py", "test_reliability.py", "test_run_identity.py", "test_slurm.py",
+                 "test_exact_resume.py", "test_ffcv_datamodule.py", "test_sweeps.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 def _colours():
     levels = range(0, 256, BETON_COLOR_STEP)
     return itertools.cycle(itertools.product(levels, levels, levels))
