@@ -4,7 +4,8 @@ upstream messages that say nothing about this run.
     python -m resnext_lit fit --config configs/demo.yaml
     # network: resnext11_8x4d (11 layers, C=8, d=4, form c): 0.97 M params, 0.04 G MACs at 16 px
     # ... one line per epoch ...
-    # run demo/<id> done: runs/demo/<id> (checkpoints: best.ckpt, last.ckpt; record: results.json)
+    # run demo/<id> fit done: runs/demo/<id> (checkpoints: checkpoints/{epoch009-err3.06.ckpt,
+    #     last.ckpt}; record: results.json)
 
 Lightning's model summary is off (`enable_model_summary: false` in the CLI's defaults): its
 FLOPs column reads 0 for our network and it lists the metric objects as layers; the network line
@@ -75,7 +76,8 @@ def network_line(arch: str, facts: dict) -> str:
 
 def files_line(run, trainer, stage: str) -> str:
     """The last line of a `fit`, `validate` or `test`: where the run's folder, checkpoints (fit)
-    and record are (only those that exist)."""
+    and record are (only those that exist). Checkpoints are named under the first
+    ModelCheckpoint's folder: the built-ins share it."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from .record_writer import RecordWriter
