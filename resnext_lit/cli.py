@@ -24,6 +24,7 @@ import re
 import sys
 
 from .errors import UserError
+from .process import STOP_SIGNALS, kept
 from .wandb_access import close_run
 
 # Each tool command lives in its own module with a `main(argv) -> int`.
@@ -37,6 +38,7 @@ COMMANDS = {
     "bench": "resnext_lit.bench",
 }
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI.subcommands()
+STOPPED_BY_SIGNAL = {128 + signum for signum in STOP_SIGNALS}  # a preempted run's exit status
 # `python -m resnext_lit help`: one line per command (each answers `<command> --help`).
 HELP = {
     "fit": "train a network from a recipe (--config configs/<recipe>.yaml)",
@@ -75,11 +77,19 @@ def one_line(message: str) -> str:
 
 
 def run() -> None:
-    """`python -m resnext_lit` and the `resnext-lit` console script: main's status as exit code."""
-    sys.exit(main())
+    """`python -m resnext_lit` and the `resnext-lit` console script: main's status as exit code.
+    A run stopped by a signal keeps ignoring SIGTERM/SIGUSR1 until this process exits."""
+    sys.exit(_main(None, exiting=True))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command (argv as after `python -m resnext_lit`; None: sys.argv) and return its
+    exit status. The process is left as it was found, however the command ends: signal
+    handlers, environment variables, warning filters and torch flags (`resnext_lit.process`)."""
+    return _main(argv, exiting=False)
+
+
+def _main(argv: list[str] | None, exiting: bool) -> int:
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -91,22 +101,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join((*TRAINER_SUBCOMMANDS, *COMMANDS))}", file=sys.stderr)
         return 2
     code = 1  # unless set below: an unexpected exception leaves with its traceback
-    try:
-        if command in COMMANDS:
-            code = importlib.import_module(COMMANDS[command]).main(argv[1:])
-        else:
-            from .training.lightning_cli import run_cli  # Lightning loads for these commands only
+    with kept() as process:
+        try:
+            if command in COMMANDS:
+                code = importlib.import_module(COMMANDS[command]).main(argv[1:])
+            else:
+                from .training.lightning_cli import run_cli  # Lightning loads for these only
 
-            code = run_cli(None if from_sys else argv)
-    except UserError as err:  # bad input is one line; any other exception keeps its traceback
-        if _rank() == 0:  # every DDP rank meets the same bad input: one of them says it
-            print(f"error: {one_line(err)}", file=sys.stderr)
-        code = 2
-    except SystemExit as stop:  # Lightning's Ctrl-C path, argparse
-        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        raise
-    finally:
-        close_run(code)
+                code = run_cli(None if from_sys else argv)
+        except UserError as err:  # bad input is one line; any other exception keeps its traceback
+            if _rank() == 0:  # every DDP rank meets the same bad input: one of them says it
+                print(f"error: {one_line(err)}", file=sys.stderr)
+            code = 2
+        except SystemExit as stop:  # Lightning's Ctrl-C path, argparse
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            raise
+        finally:
+            close_run(code)
+            if exiting and command in TRAINER_SUBCOMMANDS and code in STOPPED_BY_SIGNAL:
+                process.keep_ignoring_stops()  # saved and closed: the first signal's status
     return code
 
 

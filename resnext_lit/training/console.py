@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 # Upstream messages silenced, each with where it comes from and why it says nothing about a run
@@ -54,16 +55,24 @@ class _DropInfo(logging.Filter):
                        for kind, _, start, _ in UPSTREAM_NOISE)
 
 
-def quiet_upstream() -> None:
-    """Silence `UPSTREAM_NOISE` in this process (the CLI calls it before Lightning starts)."""
-    for kind, _, start, _ in UPSTREAM_NOISE:
-        if kind == "warning":
-            warnings.filterwarnings("ignore", message=re.escape(start))
+@contextmanager
+def quiet_upstream():
+    """Silence `UPSTREAM_NOISE` while the block runs (the CLI's run); as it was afterwards."""
     # Lightning's rank_zero_info goes through the logger of whichever rank_zero module set it.
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropInfo) for f in logger.filters):
-            logger.addFilter(_DropInfo())
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero",
+                                                    "lightning.fabric.utilities.rank_zero")]
+    drop = _DropInfo()
+    with warnings.catch_warnings():
+        for kind, _, start, _ in UPSTREAM_NOISE:
+            if kind == "warning":
+                warnings.filterwarnings("ignore", message=re.escape(start))
+        for logger in loggers:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(drop)
 
 
 def network_line(arch: str, facts: dict) -> str:

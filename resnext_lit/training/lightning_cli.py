@@ -376,26 +376,25 @@ def run_cli(args: list[str] | None) -> int:
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning import LightningDataModule
 
-    quiet_upstream()  # upstream messages that say nothing about this run (console.py says why)
+    with quiet_upstream():  # upstream messages that say nothing about a run (console.py)
+        from .module import ResNeXtModule
 
-    from .module import ResNeXtModule
-
-    ResNeXtCLI(
-        ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
-        # The module's configure_optimizers is the recipe's (SGD, its schedule, per-step lr):
-        # no --optimizer/--lr_scheduler that would replace it with one Lightning warning.
-        auto_configure_optimizers=False,
-        trainer_defaults={
-            "default_root_dir": RUNS_DIR,
-            # Its FLOPs column reads 0 and it lists the metrics as layers: the CLI prints the
-            # network's line instead (`console.network_line`).
-            "enable_model_summary": False,
-            "logger": {"class_path": "resnext_lit.training.csv_logger.CSVLogger"}},
-        save_config_callback=SaveConfigAfterRestore, save_config_kwargs={"overwrite": True},
-        # Parse errors raise (and `main` prints them on one line) instead of printing usage.
-        # allow_abbrev=False: --trainer.max_epoch must not quietly mean max_epochs.
-        parser_kwargs={"exit_on_error": False, "prog": "python -m resnext_lit",
-                       "allow_abbrev": False,
-                       **{sub: {"exit_on_error": False, "allow_abbrev": False}
-                          for sub in LightningCLI.subcommands()}},
-    )
+        ResNeXtCLI(
+            ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
+            # The module's configure_optimizers is the recipe's (SGD, its schedule, per-step lr):
+            # no --optimizer/--lr_scheduler that would replace it with one Lightning warning.
+            auto_configure_optimizers=False,
+            trainer_defaults={
+                "default_root_dir": RUNS_DIR,
+                # Its FLOPs column reads 0 and it lists the metrics as layers: the CLI prints the
+                # network's line instead (`console.network_line`).
+                "enable_model_summary": False,
+                "logger": {"class_path": "resnext_lit.training.csv_logger.CSVLogger"}},
+            save_config_callback=SaveConfigAfterRestore, save_config_kwargs={"overwrite": True},
+            # Parse errors raise (and `main` prints them on one line) instead of printing usage.
+            # allow_abbrev=False: --trainer.max_epoch must not quietly mean max_epochs.
+            parser_kwargs={"exit_on_error": False, "prog": "python -m resnext_lit",
+                           "allow_abbrev": False,
+                           **{sub: {"exit_on_error": False, "allow_abbrev": False}
+                              for sub in LightningCLI.subcommands()}},
+        )
