@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from resnext_lit.pools import WorkerPool
+
 from ..errors import UserError
 
 FORMAT = 1  # bump when the generator changes, so old caches are rebuilt
@@ -116,7 +118,8 @@ def _generate(train_dir: Path, num_images: int, seed: int, scale: float, workers
         folder = train_dir / f"class_{i % num_classes:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         tasks.append((i, seed, str(folder / f"{i:06d}.jpg"), scale))
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # Forked: the workers read the photos from this process's memory (`_PHOTOS`).
+    with WorkerPool(multiprocessing.get_context("fork"), workers) as pool:
         sizes = np.array(pool.map(_write_one, tasks, chunksize=16), dtype=np.float64)
     widths, heights, nbytes = sizes.T
     return {"num_images": num_images, "num_classes": num_classes, "jpeg_quality": JPEG_QUALITY,

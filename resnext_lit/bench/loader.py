@@ -42,6 +42,7 @@ import numpy as np
 
 from resnext_lit.data import INCEPTION_RATIO, INCEPTION_SCALE
 from resnext_lit.data.workers import usable_cores
+from resnext_lit.pools import WorkerPool
 
 from .common import Report, interleave
 from .imagenet_like import ensure_dataset
@@ -146,7 +147,9 @@ class DecodeCeiling:
         _CEILING.clear()
         _CEILING.update(load=load, res=res)
         self.num_records, self.batch_size = num_records, batch_size
-        self.pool = multiprocessing.get_context("fork").Pool(workers)
+        # Forked: the workers read `_CEILING` (the record loader, a memory map) as inherited.
+        self.workers = WorkerPool(multiprocessing.get_context("fork"), workers)
+        self.pool = self.workers.pool
         self.epoch_index = 0
 
     def epoch(self) -> float:
@@ -161,8 +164,7 @@ class DecodeCeiling:
         return done / (time.perf_counter() - start)
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        self.workers.close()
 
 
 def per_image_costs(load, files: list[str], res: int, count: int) -> dict:
@@ -239,35 +241,41 @@ def run(tiny: bool = False, data_dir: str = "runs/bench/data", repeats: int | No
     data = ensure_dataset(data_dir, cfg["num_images"], tiny=tiny, workers=workers)
     prepare_s = time.perf_counter() - start
     batch, res = cfg["batch_size"], cfg["res"]
-    ffcv = FFCVDataModule(str(data.beton), str(data.beton), batch_size=batch, res=res,
-                          num_workers=workers).train_dataloader()
-    tv, files = torchvision_loader(data.train_dir, batch, res, workers)
     folder = ImageFolderDataModule(str(data.train_dir), str(data.train_dir), batch_size=batch,
                                    res=res, num_workers=workers)
     folder.setup("fit")
-    folder_loader = folder.train_dataloader()
+    tv, files = torchvision_loader(data.train_dir, batch, res, workers)
+    loaders = {"torchvision": tv, "folder_datamodule": folder.train_dataloader(),
+               "ffcv": FFCVDataModule(str(data.beton), str(data.beton), batch_size=batch,
+                                      res=res, num_workers=workers).train_dataloader()}
+    del tv, folder  # `loaders` holds the only references (see `finally`)
     load, num_records, jpeg_share = _beton_loader(str(data.beton))
-    ceiling = DecodeCeiling(load, num_records, workers, batch, res)
-    ceiling_files = DecodeCeiling(_files_loader(files), len(files), workers, batch, res)
-    decoder = _decoder()[0]
-    costs = per_image_costs(load, files, res, min(num_records, len(files), PROFILED_IMAGES))
+    decoder, pools = _decoder()[0], []
+    try:
+        ceiling = DecodeCeiling(load, num_records, workers, batch, res)
+        pools.append(ceiling)
+        ceiling_files = DecodeCeiling(_files_loader(files), len(files), workers, batch, res)
+        pools.append(ceiling_files)
+        costs = per_image_costs(load, files, res, min(num_records, len(files), PROFILED_IMAGES))
+        # FFCV last in the warm-up round: the DataLoaders fork their workers before numba's
+        # thread pool exists (forking a process with live threads is unsafe, and numba says so).
+        runs = {name: (lambda name=name: loader_epoch(loaders[name])) for name in loaders}
+        values = interleave({"torchvision": runs["torchvision"],
+                             "folder_datamodule": runs["folder_datamodule"],
+                             "ceiling": ceiling.epoch, "ceiling_files": ceiling_files.epoch,
+                             "ffcv": runs["ffcv"]}, cfg["repeats"], cfg["warmup"])
+    finally:
+        for pool in pools:
+            pool.close()
+        # torch stops a loader's persistent workers when the loader is freed (its iterator's
+        # `__del__`; there is no public call to stop them sooner): none outlives this function.
+        loaders.clear()
     report = Report("loader", tiny, {
         **cfg, "workers": workers, "cores": usable_cores(), "dataset": data.stats,
         "dataset_dir": str(data.root), "prepare_seconds": round(prepare_s, 1),
         "beton_jpeg_share": round(jpeg_share, 3), "ceiling_decoder": decoder,
         "per_image_ms_one_core": costs,
         "augmentation": "RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, uint8"})
-    try:
-        # FFCV last in the warm-up round: the DataLoaders fork their workers before numba's
-        # thread pool exists (forking a process with live threads is unsafe, and numba says so).
-        values = interleave({"torchvision": lambda: loader_epoch(tv),
-                             "folder_datamodule": lambda: loader_epoch(folder_loader),
-                             "ceiling": ceiling.epoch, "ceiling_files": ceiling_files.epoch,
-                             "ffcv": lambda: loader_epoch(ffcv)},
-                            cfg["repeats"], cfg["warmup"])
-    finally:
-        ceiling.close()
-        ceiling_files.close()
     for name, vals in values.items():
         report.measure(name, vals, "img/s", cfg["warmup"])
     report.ratio("ffcv / torchvision", "ffcv", "torchvision", (">=", 3.0))

@@ -185,10 +185,25 @@ def run_all(todo: list[dict], slots: list, threads: int | None, sweep_dir: Path,
                     save()
                 time.sleep(POLL_S)
         finally:
-            for run in running:  # only if the runner itself failed: leave no run behind
-                with suppress(ProcessLookupError):
-                    os.kill(run.proc.pid, signal.SIGTERM)
+            if running:  # only if the runner itself failed: leave no run behind
+                _stop_now(running, stop_timeout)
     return failures, stop.signum
+
+
+def _stop_now(running: list[_Run], timeout: float) -> None:
+    """SIGTERM to each run (it saves last.ckpt), at most `timeout` seconds for them to exit,
+    then SIGKILL to their process groups; every run reaped."""
+    for run in running:
+        with suppress(ProcessLookupError):
+            os.kill(run.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for run in running:
+        with suppress(subprocess.TimeoutExpired):
+            run.proc.wait(max(0.0, deadline - time.monotonic()))
+        with suppress(ProcessLookupError):  # what is left of it: loader workers, DDP ranks
+            os.killpg(run.proc.pid, signal.SIGKILL)
+        run.proc.wait()  # SIGKILL cannot be ignored: this returns
+        run.log.close()
 
 
 def _start(entry: dict, tag: str, slot: int, gpus: list[str] | None, threads: int | None,

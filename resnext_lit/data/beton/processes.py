@@ -38,13 +38,13 @@ from ffcv.fields.rgb_image import encode_jpeg
 from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_metadata_type
 from tqdm import tqdm
 
+from ...pools import STOP_GRACE_S, WorkerPool, default_stop_signals
 from ..images import BadImage, load_rgb
 
 FFCV_DEFAULT_PAGE = 8 << 20  # DatasetWriter's default page; pages must hold the largest record
 JPEG_SAMPLE_EVERY = 16  # the scan JPEG-encodes every 16th image to measure the JPEG/raw ratio
 SCAN_CHUNK, WRITE_CHUNK = 64, 100  # files per task handed to a worker
 WATCHDOG_PERIOD_S = 0.05
-STOP_GRACE_S = 10  # for the writer process to stop its workers before it is killed
 PR_SET_PDEATHSIG = 1  # prctl(2)
 DISK_FULL_ERRNOS = ("[Errno 28]", "[Errno 27]")  # ENOSPC; EFBIG (a file-size or quota limit)
 
@@ -55,7 +55,7 @@ class WriteFailed(RuntimeError):
 
 def quiet_worker() -> None:
     cv2.setNumThreads(1)  # parallelism comes from the processes; threads would oversubscribe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    default_stop_signals()  # SIGTERM stops it; Ctrl-C is the main process's to handle
 
 
 def process_context():
@@ -104,8 +104,7 @@ def _on_fork() -> None:
     ffcv 1.0.2 starts its workers with multiprocessing's default context, fork on Linux up to
     Python 3.13 (tests/test_internals_data.py)."""
     if _worker_logs is not None:
-        quiet_worker()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the writer's handler: just stop
+        quiet_worker()  # SIGTERM stops it (not the writer's handler)
         die_with_parent()
         sys.stderr = open(Path(_worker_logs) / f"{os.getpid()}.log", "w", buffering=1)
 
@@ -148,7 +147,7 @@ def scan(samples, max_side, workers, progress, desc, jpeg_quality: int | None = 
     """Decode every file once, in parallel; with `jpeg_quality`, also JPEG-encode every
     `JPEG_SAMPLE_EVERY`-th one (about 1/16 more work) so the output size can be estimated."""
     found = Scanned()
-    with process_context().Pool(workers, initializer=quiet_worker) as pool:
+    with WorkerPool(process_context(), workers, initializer=quiet_worker) as pool:
         results = pool.imap(partial(_probe, max_side=max_side, jpeg_quality=jpeg_quality),
                             enumerate(path for path, _ in samples), chunksize=SCAN_CHUNK)
         bar = tqdm(results, total=len(samples), desc=f"scan {desc}", disable=not progress,
@@ -221,10 +220,13 @@ class _WorkerWatchdog(threading.Thread):
     def stop_workers(self) -> None:
         self.done.set()
         self.join()  # no signal from this thread after this point
-        for process in self.seen.values():
+        for process in self.seen.values():  # FFCV's: SIGTERM kills them (`_on_fork`)
             if process.is_alive():
                 process.terminate()
-                process.join()
+                process.join(STOP_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join(STOP_GRACE_S)
 
 
 def _exited(pid: int) -> bool:
