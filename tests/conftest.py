@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,48 @@ LONGEST_FIRST = ("test_demo.py", "test_reliability.py", "test_run_identity.py", 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+# Process-wide servers multiprocessing starts once and keeps for the life of the test process
+# (the beton writer's forkserver, and the resource tracker beside it): not workers of a test.
+SHARED_SERVERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+CHILD_EXIT_GRACE_S = 20  # freed loaders' workers and stopped pools are still exiting
+
+
+def live_children() -> dict[int, str]:
+    """This process's live (not zombie) child processes: pid -> command line."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):  # ended meanwhile
+            continue
+        if int(parent) == os.getpid() and state != "Z" and not any(
+                server in command for server in SHARED_SERVERS):
+            found[int(stat.parent.name)] = command.strip()
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_child_left():
+    """After each test, the test process has no child process that the test started (pool
+    workers, DataLoader workers, runs): a process that outlives its test is a leak a user's
+    process would have too, and a worker that ignores SIGTERM can hang a later test. Leftovers
+    are named, then killed so the next test starts clean."""
+    before = set(live_children())
+    yield
+    gc.collect()  # loaders in reference cycles stop their workers when freed
+    deadline = time.monotonic() + CHILD_EXIT_GRACE_S
+    while (left := {pid: cmd for pid, cmd in live_children().items() if pid not in before}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"child processes left by this test: {left}"
 
 
 def _colours():

@@ -357,7 +357,7 @@ def test_parallel_runs_overlap_and_stop_on_ctrl_c(offline_workdir, monkeypatch, 
         pids = [r["pid"] for r in running.values()]
         assert [r["status"] for r in running.values()] == ["running", "running"]
         runner.send_signal(signal.SIGINT)
-        out = runner.communicate(timeout=240)[0]
+        out = runner.communicate(timeout=600)[0]
     except BaseException:  # a failed assertion must not leave the runner or its runs training
         if runner.poll() is None:
             runner.kill()
@@ -416,7 +416,7 @@ def test_an_interrupted_point_resumes_its_own_run_when_the_sweep_runs_again(offl
         else:
             raise AssertionError("the runner ended without passing the signal on")
         Path("go").touch()
-        out = runner.communicate(timeout=240)[0]
+        out = runner.communicate(timeout=600)[0]
     finally:
         if runner.poll() is None:
             runner.kill()
