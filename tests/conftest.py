@@ -61,10 +61,10 @@ def no_child_left():
     are named, then killed so the next test starts clean."""
     before = set(live_children())
     yield
-    gc.collect()  # loaders in reference cycles stop their workers when freed
     deadline = time.monotonic() + CHILD_EXIT_GRACE_S
     while (left := {pid: cmd for pid, cmd in live_children().items() if pid not in before}) \
             and time.monotonic() < deadline:
+        gc.collect()  # a loader in a reference cycle stops its workers once freed (0.2 s)
         time.sleep(0.1)
     for pid in left:
         try:

@@ -207,8 +207,10 @@ def _run(name: str, argv: list[str], cwd, monkeypatch, capfd) -> tuple[int, str]
     return status, capfd.readouterr().err
 
 
-@pytest.mark.parametrize("name, argv, culprit, status", ROWS,
-                         ids=[row[0] for row in ROWS])
+# The rows run as real subprocesses (seconds each) are slow: `make test` runs them.
+@pytest.mark.parametrize("name, argv, culprit, status", [
+    pytest.param(*row, marks=pytest.mark.slow) if row[0] in SUBPROCESS_ROWS else row
+    for row in ROWS], ids=[row[0] for row in ROWS])
 def test_bad_input(bad, tmp_path, monkeypatch, capfd, name, argv, culprit, status):
     paths = {k: str(v) for k, v in bad.items()}
     argv = [a.format(**paths) for a in argv]
@@ -230,6 +232,7 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+@pytest.mark.slow
 def test_workers_above_the_cores_warn_and_train(bad, tmp_path):
     """Not an error: the DataModule clips the worker count to the usable cores and says so."""
     out = subprocess.run(
@@ -258,6 +261,7 @@ def test_in_memory_datamodules_clip_workers_too(datamodule):
     assert data.num_workers == usable_cores() < 999
 
 
+@pytest.mark.slow
 def test_model_settings_a_checkpoint_overrides_are_named(bad, tmp_path):
     """Lightning builds the model from --ckpt_path's hparams, over the command line: say so."""
     out = subprocess.run([sys.executable, "-m", "resnext_lit", "validate", "--config", DEMO, *TINY,
@@ -271,6 +275,7 @@ def test_model_settings_a_checkpoint_overrides_are_named(bad, tmp_path):
     assert "depth" not in line  # depth 11 in both
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_named_even_via_run_id(bad, tmp_path):
     folder = tmp_path / "runs/demo/abc123/checkpoints"
     folder.mkdir(parents=True)

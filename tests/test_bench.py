@@ -79,6 +79,7 @@ def test_loader_tiny(tmp_path):
     assert finite_positive(costs["bound"])
 
 
+@pytest.mark.slow
 def test_imagenet_like_set_is_cached_and_varied(tmp_path):
     first = ensure_dataset(tmp_path, num_images=24, tiny=True, workers=2, num_classes=3)
     files = sorted(first.train_dir.rglob("*.jpg"))

@@ -13,6 +13,7 @@ def run_cli(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_models_table_lists_the_zoo():
     result = run_cli("models", "--markdown")
     assert result.returncode == 0, result.stderr
@@ -78,6 +79,7 @@ def test_a_trainer_commands_help_names_the_real_command(capsys):
     assert capsys.readouterr().out.startswith("usage: python -m resnext_lit [options] fit ")
 
 
+@pytest.mark.slow
 def test_models_fits_80_columns_without_cutting_a_number():
     result = run_cli("models")  # piped: Rich renders 80 columns wide
     assert result.returncode == 0, result.stderr

@@ -88,6 +88,7 @@ class BatchUse(L.Callback):
         USES.append(("end", "val"))
 
 
+@pytest.mark.slow
 def test_lightning_uses_one_ffcv_batch_at_a_time(beton_varied_written, monkeypatch, tmp_path):
     """FFCV refills a batch's buffers a few batches after handing it out, so a consumer must be
     done with batch b before it fetches b + `batches_ahead` + 1. A real `fit` through the CLI,
@@ -181,6 +182,7 @@ def test_an_abandoned_epoch_stops_even_when_all_of_it_is_queued(beton_varied_wri
     assert not first.is_alive()
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_resume_starts_the_epoch_in_without_decoding_what_it_skips(
         beton_varied_written, monkeypatch):
     """`skip_batches(k)` (what ExactResume calls on a mid-epoch resume) yields the epoch's
@@ -469,6 +471,7 @@ def _notes(capfd) -> list[str]:
     return [line for line in capfd.readouterr().err.splitlines() if UNCHECKED in line]
 
 
+@pytest.mark.slow
 def test_foreign_betons_train_and_validate_from_their_labels(ffcv_foreign_betons, capfd):
     from resnext_lit.training.module import ResNeXtModule
 

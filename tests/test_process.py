@@ -102,6 +102,7 @@ ENDINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ENDINGS)
 def test_fit_in_process_leaves_every_signal_handler_as_it_was(ending, own_handlers):
     before, state = handlers(), process_state()
@@ -130,6 +131,7 @@ def trained(tmp_path_factory) -> Path:
     return checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["validate", "test", "predict"])
 def test_evaluation_in_process_leaves_every_signal_handler_as_it_was(stage, trained,
                                                                        own_handlers):
@@ -151,6 +153,7 @@ def closes_within(close, seconds: float) -> bool:
     return not done.is_alive()
 
 
+@pytest.mark.slow
 def test_bench_pool_stops_after_a_preempted_fit_in_the_same_process(own_handlers):
     """The hang seen in `make test`: a pool forked after an in-process fit that a signal stopped
     inherited the stop handler (which ignores SIGTERM once stopped), and its `close()` waited
@@ -191,6 +194,7 @@ def all_busy(pool: WorkerPool, folder: Path, timeout: float = 60) -> bool:
     return all(Path(flag).exists() for flag in flags)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_busy_pool_workers_die_of_sigterm_even_when_the_caller_ignores_it(method, tmp_path):
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # fork copies it, exec keeps it

@@ -33,6 +33,7 @@ def results(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_fast_dev_run_on_synthetic_data(tmp_path):
     out = cli("fit", "--model.arch=resnext29_8x64d", "--model.depth=11",
               "--model.cardinality=2", "--model.bottleneck_width=2",
