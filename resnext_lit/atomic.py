@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,17 @@ def atomic_write(path: Path, mode: str = "w", fsync: bool = False, newline: str 
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+TEMPORARY = re.compile(r"\..+\.\d+-[0-9a-f]{8}\.tmp")  # `atomic_write`'s temporary files
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove `atomic_write`'s temporaries under `folder` (a process killed mid-write leaves
+    one). Only for a folder no other process writes in now (a run's, while holding it)."""
+    for path in Path(folder).rglob(".*.tmp"):
+        if TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

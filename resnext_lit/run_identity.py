@@ -16,20 +16,28 @@ recipe; the id (8 characters of [0-9a-z], W&B's own alphabet) tells them apart. 
 1. `--run_id X`: run X of that name, resumed from its `last.ckpt` if it has one, else started.
 2. `--ckpt_path FILE`: the run that wrote FILE when FILE lies in a run folder, else a new run
    starting from FILE's state.
-3. `--ckpt_path last`: the newest run of the name (by its `last.ckpt`) whose setting (network,
-   recipe, data, seed: `setting_of`) equals the command's; none: one line naming what differs;
-   no run of that name at all: a new run.
+3. `--ckpt_path last`: the newest run of the name whose setting (network, recipe, data, seed:
+   `setting_of`) equals the command's and that no process is training now, resumed from its
+   `last.ckpt`, or started again in its own folder if it was killed before its first
+   checkpoint; none alike: one line naming what differs; no run of that name: a new run.
 4. A W&B sweep agent's run (WANDB_SWEEP_ID and WANDB_RUN_ID set): id = WANDB_RUN_ID, under
    `<run_root>/sweeps/<sweep id>/`, resumed when the agent hands a preempted run back.
 5. A requeued SLURM job (SLURM_RESTART_COUNT >= 1): the run its job (array task) recorded, if
-   its setting equals the command's, else a new run.
+   its setting equals the command's (resumed, or started again if it had no checkpoint yet),
+   else a new run.
 6. Else a new run. `validate`, `test` and `predict` always make a new run (their own record).
+
+While a `fit` runs, its rank 0 holds a lock on `<run folder>/.alive` (`hold`; the kernel lets
+go when the process ends, however it ends): a run being trained is never resumed by another
+command, and a run whose lock is free but whose record still says "running" was killed. On a
+file system without locks nothing is locked and every run counts as not running.
 
 Lightning-free: `experiments/` (the local sweep runner) names its runs with it too.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -37,7 +45,9 @@ import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from .atomic import remove_stale_temporaries
 from .errors import UserError
 
 ID_ALPHABET = string.digits + string.ascii_lowercase
@@ -45,6 +55,7 @@ ID_LENGTH = 8
 ID_PATTERN = re.compile(r"[0-9a-z]{1,64}")
 RECORD = "results.json"
 LAST = Path("checkpoints") / "last.ckpt"
+ALIVE = ".alive"  # the lock a run's rank 0 holds while it trains (`hold`)
 
 
 def new_run_id() -> str:
@@ -182,9 +193,32 @@ def _run_of_file(root: Path, name: str, path: Path, fresh: str) -> Run:
 
 
 def _candidates(runs_of_name: Path) -> list[Path]:
-    """Run folders of one name that can resume, newest `last.ckpt` first."""
-    folders = [p.parent.parent for p in runs_of_name.glob(f"*/{LAST}")]
-    return sorted(folders, key=lambda f: (f / LAST).stat().st_mtime, reverse=True)
+    """Run folders of one name that can be continued (a `last.ckpt`, or a record of a run
+    killed before its first checkpoint) and that no process is training now, newest first."""
+    folders = {p.parent.parent for p in runs_of_name.glob(f"*/{LAST}")}
+    folders |= {p.parent for p in runs_of_name.glob(f"*/{RECORD}") if _killed_early(p.parent)}
+    folders = [f for f in folders if not alive(f)]
+    return sorted(folders, key=_last_change, reverse=True)
+
+
+def _killed_early(folder: Path) -> bool:
+    """A `fit` whose record says it is running, with no checkpoint (killed before its first)."""
+    record = read_record(folder) or {}
+    return record.get("stage") == "fit" and record.get("status") == "running"
+
+
+def _last_change(folder: Path) -> float:
+    return max((folder / name).stat().st_mtime for name in (LAST, RECORD)
+               if (folder / name).exists())
+
+
+def _continued(root: Path, name: str, folder: Path, why: str) -> Run:
+    """`folder`'s run, resumed from its last.ckpt, or started again in its own folder when it
+    was killed before writing one (so a dead run never stays beside its successor)."""
+    if (folder / LAST).is_file():
+        return Run(root, name, folder.name, folder / LAST, why=why)
+    return Run(root, name, folder.name, why=f"{why} from the start (it was stopped before its "
+                                            "first checkpoint)")
 
 
 def _newest_alike(root: Path, name: str, setting: dict, fresh: str) -> Run:
@@ -194,7 +228,7 @@ def _newest_alike(root: Path, name: str, setting: dict, fresh: str) -> Run:
     for folder in folders:
         record = read_record(folder) or {}
         if not setting_difference(setting, record.get("setting")):
-            return Run(root, name, folder.name, folder / LAST, why="resuming")
+            return _continued(root, name, folder, "resuming")
     newest = read_record(folders[0]) or {}
     raise UserError(f"--ckpt_path last: no run under {root / name} has this command's setting; "
                     f"the newest, {folders[0].name}, differs: "
@@ -232,9 +266,55 @@ def _requeued_run(root: Path, name: str, setting: dict, fresh: str) -> Run | Non
             if (read_record(f) or {}).get("slurm_job") == job]
     for folder in mine:
         if not setting_difference(setting, (read_record(folder) or {}).get("setting")):
-            return Run(root, name, folder.name, folder / LAST,
-                       why=f"SLURM job {job} requeued: resuming")
+            return _continued(root, name, folder, f"SLURM job {job} requeued: resuming")
     if mine:
         return Run(root, name, fresh,
                    why=f"new run (SLURM job {job}'s run {mine[0].name} has another setting)")
     return None
+
+
+# -- a run being trained ---------------------------------------------------------------------
+def alive(folder: Path) -> bool:
+    """Whether a process is training the run in `folder` now (it holds the folder's lock)."""
+    path = folder / ALIVE
+    if not path.is_file():
+        return False
+    with open(path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no locks on this file system: nothing can tell
+            return False
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+def hold(folder: Path) -> IO:
+    """Take `folder`'s lock for this process (rank 0 of a `fit`) until `let_go`, or raise a
+    one-line `UserError` if another process trains this run now. Files that a killed earlier
+    attempt left half-written (`atomic_write`'s temporaries) are removed: only the holder
+    writes here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / ALIVE, "a")  # empty: only its lock matters, and the kernel's
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(f"run {folder.parent.name}/{folder.name} is being trained now by "
+                        "another process; wait for it, or start another run") from None
+    except OSError:  # no locks on this file system: train without one
+        return lock
+    remove_stale_temporaries(folder)
+    return lock
+
+
+def let_go(lock: IO | None, folder: Path) -> None:
+    """Release `hold`'s lock; a folder that holds nothing else (a start that failed before it
+    wrote anything) goes too."""
+    if lock is None:
+        return
+    lock.close()
+    if [p.name for p in folder.iterdir()] == [ALIVE]:
+        (folder / ALIVE).unlink()
+        folder.rmdir()

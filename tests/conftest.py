@@ -23,8 +23,9 @@ BETON_COLOR_STEP = 40  # flat colours this far apart identify each image after J
 # The longest files first (measured, whole-file seconds on 2 cores): `make test`'s xdist workers
 # take whole files in collection order, and a long file started last leaves the other worker
 # idle while it runs. Within each file the order is pytest's.
-LONGEST_FIRST = ("test_demo.py", "test_reliability.py", "test_run_identity.py", "test_slurm.py",
-                 "test_exact_resume.py", "test_ffcv_datamodule.py", "test_sweeps.py")
+LONGEST_FIRST = ("test_demo.py", "test_exact_resume.py", "test_faults.py", "test_run_identity.py",
+                 "test_slurm.py", "test_reliability.py", "test_sweeps.py", "test_training.py",
+                 "test_ffcv_datamodule.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -239,3 +240,24 @@ def ffcv_foreign_betons(tmp_path_factory) -> dict:
             folder, root / f"{split}_{FFCV_FOREIGN_MAX_RES}_0.50_90.ffcv", FFCV_FOREIGN_MAX_RES)
         out[f"{split}_labels"], out[f"{split}_colours"] = labels.tolist(), rgb
     return out
+
+
+@pytest.fixture(scope="session")
+def digit_betons(tmp_path_factory) -> list[str]:
+    """The demo's digit betons, and the arguments that train on them (`helpers.resume`)."""
+    from helpers.resume import write_digit_betons
+
+    return write_digit_betons(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def ffcv_uninterrupted(tmp_path_factory, digit_betons) -> Path:
+    """A tiny FFCV fit with progressive resizing, never stopped: what stopped ones must match."""
+    from helpers.resume import EPOCHS, PROGRESSIVE, TINY, batches, fit_here
+
+    cwd = tmp_path_factory.mktemp("ffcv_uninterrupted")
+    fit_here(cwd, *TINY, *digit_betons, PROGRESSIVE[0], *PROGRESSIVE[1:])
+    seen = batches(cwd)
+    assert [seen[e, 0]["shape"][-1] for e in range(EPOCHS)] == [32, 64, 64]  # the schedule ran
+    assert seen[0, 0]["labels"] != seen[2, 0]["labels"]  # epochs are reshuffled
+    return cwd

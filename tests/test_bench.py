@@ -66,9 +66,10 @@ def run_bench(which: str, tmp_path: Path, *extra: str) -> dict:
 @pytest.mark.slow
 def test_loader_tiny(tmp_path):
     rec = run_bench("loader", tmp_path, "--data-dir", str(tmp_path / "data"))
-    check_record(rec, "loader", {"ffcv", "torchvision", "folder_datamodule", "ceiling",
-                                 "ceiling_files"},
-                 {"ffcv / torchvision": ">= 3", "ffcv / ceiling": ">= 0.8"})
+    check_record(rec, "loader", {"ffcv", "ffcv_own_ops", "torchvision", "folder_datamodule",
+                                 "ceiling", "ceiling_files"},
+                 {"ffcv / torchvision": ">= 3", "ffcv / ceiling": ">= 0.8",
+                  "ffcv seeded / ffcv's own ops": ">= 0.97"})
     stats = rec["settings"]["dataset"]
     assert stats["num_images"] == 96 and 0.05 < stats["bytes_per_pixel"] < 3
     assert 0.2 < rec["settings"]["beton_jpeg_share"] < 0.8  # `proportion` mode: about half

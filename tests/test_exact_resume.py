@@ -1,58 +1,40 @@
-"""Exact resume on the paths ImageNet runs take: FFCV betons with progressive resizing, and torch
-DataLoaders with worker processes under 2-rank DDP.
+"""Exact resume on the paths ImageNet runs take: FFCV betons (seeded crops and flips, progressive
+resizing), a checkpoint that moves between world sizes, torch DataLoaders with worker processes
+under 2-rank DDP.
 
     .venv/bin/python -m pytest -q tests/test_exact_resume.py
 
-Each run is a real `python -m resnext_lit fit` subprocess. `RecordBatches` (loaded by the runs
-through PYTHONPATH) writes down every training batch each rank receives: epoch, batch index,
-shape, labels and a checksum of the pixels. A run stopped inside an epoch (SIGTERM while
-`PauseAtStep` holds it) or at its end (`max_steps`) and resumed with `--ckpt_path last` must get,
-from the resume on, what the uninterrupted run got: the same resolution, the same order and,
-where the loader's augmentations are seeded (torch DataLoaders), the same pixels. FFCV's random
-crops are drawn by numba threads without a seed, so for FFCV pixels are not compared.
+Runs are real `python -m resnext_lit fit`s: subprocesses where a run needs DDP, else
+`resnext_lit.cli.main` in this process (a second of start-up instead of five; its signals are
+real, raised by the run itself: `helpers.SignalAt`). `helpers.resume.RecordBatches` writes down
+every training batch each rank receives: epoch, batch index, shape, labels, a checksum of the
+pixels and a hash of each image. A run stopped inside an epoch or at its end and resumed with
+`--ckpt_path last` must get, from the resume on, what the uninterrupted run got: the same
+resolution, order and pixels, and in the end the same weights.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from lightning import Callback
+import torch
 
 from helpers import run_env, run_signalled
+from helpers.resume import (
+    PROGRESSIVE,
+    STEPS,
+    TINY,
+    assert_same_weights,
+    batches,
+    final_weights,
+    fit_here,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO, DEMO_FFCV = str(ROOT / "configs/demo.yaml"), str(ROOT / "configs/data/demo_ffcv.yaml")
-STEPS, EPOCHS = 4, 3
-TINY = ["--model.depth=11", "--model.cardinality=2", "--model.bottleneck_width=2",
-        "--model.warmup_epochs=0", "--trainer.enable_progress_bar=false",
-        f"--trainer.max_epochs={EPOCHS}", f"--trainer.limit_train_batches={STEPS}",
-        "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
-        "--trainer.callbacks+=test_exact_resume.RecordBatches"]
 TIMEOUT_S = 600
-
-
-class RecordBatches(Callback):
-    """Appends one JSON line per training batch to `batches-rank<R>.jsonl` in the run's cwd."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        images, labels = batch
-        line = {"epoch": trainer.current_epoch, "batch": batch_idx, "shape": list(images.shape),
-                "labels": labels.tolist(), "checksum": float(images.double().sum())}
-        with open(f"batches-rank{trainer.global_rank}.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-
-
-def batches(cwd: Path, rank: int = 0) -> dict[tuple[int, int], dict]:
-    lines = (cwd / f"batches-rank{rank}.jsonl").read_text().splitlines()
-    seen = {}
-    for line in map(json.loads, lines):
-        seen[line["epoch"], line["batch"]] = line  # a batch trained again after a resume wins
-    return seen
 
 
 def fit(cwd: Path, *args) -> subprocess.CompletedProcess:
@@ -82,54 +64,97 @@ def assert_same_batches_from(resumed: Path, reference: Path, start: tuple[int, i
             assert a["labels"] == b["labels"], (rank, key, "order")
             if pixels:
                 assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-9), (rank, key)
+                assert a["images"] == b["images"], (rank, key)
 
 
-# -- FFCV with progressive resizing -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def digit_betons(tmp_path_factory) -> list[str]:
-    """The demo's digits as JPEG folders and betons (32 px images, as `make demo` writes them)."""
-    from resnext_lit.data.beton import write_beton
-    from resnext_lit.data.digits import export
-
-    root = tmp_path_factory.mktemp("digits")
-    export(str(root))
-    paths = [str(write_beton(root / split, root / f"{split}.beton", workers=2,
-                             progress=False).beton) for split in ("train", "val")]
-    return ["--config", DEMO_FFCV, f"--data.init_args.train_path={paths[0]}",
-            f"--data.init_args.val_path={paths[1]}", "--data.init_args.batch_size=16",
-            "--data.init_args.res=32", "--data.init_args.val_res=32",
-            "--trainer.callbacks+=resnext_lit.data.ffcv.ProgressiveResizing",
-            "--trainer.callbacks.min_res=32", "--trainer.callbacks.max_res=64",
-            "--trainer.callbacks.start_ramp=0", "--trainer.callbacks.end_ramp=1"]
-
-
-@pytest.fixture(scope="module")
-def ffcv_uninterrupted(tmp_path_factory, digit_betons) -> Path:
-    cwd = tmp_path_factory.mktemp("ffcv_uninterrupted")
-    fit(cwd, "--config", DEMO, *TINY, *digit_betons)
-    seen = batches(cwd)
-    assert {seen[e, 0]["shape"][-1] for e in range(EPOCHS)} == {32, 64}  # the schedule ran
-    assert [seen[e, 0]["shape"][-1] for e in range(EPOCHS)] == [32, 64, 64]
-    assert seen[0, 0]["labels"] != seen[2, 0]["labels"]  # epochs are reshuffled
-    return cwd
+# -- FFCV: seeded crops and flips, progressive resizing ----------------------------------------
+@pytest.mark.slow
+def test_ffcv_fits_of_one_seed_end_with_the_same_weights_and_another_seed_differs(
+        tmp_path, digit_betons, ffcv_uninterrupted):
+    """Before: FFCV's crops and flips came from numba's unseeded per-thread generators."""
+    again, other = tmp_path / "again", tmp_path / "other"
+    fit_here(again, *TINY, *digit_betons, *PROGRESSIVE)
+    fit_here(other, *TINY, *digit_betons, *PROGRESSIVE,
+             "--seed_everything=1")
+    assert_same_weights(final_weights(again), final_weights(ffcv_uninterrupted))
+    assert batches(again) == batches(ffcv_uninterrupted)  # every pixel of every batch
+    theirs = final_weights(other)
+    assert any(not torch.equal(v, theirs[k]) for k, v in final_weights(again).items())
+    assert batches(other)[0, 0]["images"] != batches(again)[0, 0]["images"]
 
 
 @pytest.mark.slow
 def test_ffcv_progressive_resizing_resumes_mid_epoch_and_at_an_epoch_boundary(
         tmp_path, digit_betons, ffcv_uninterrupted):
-    """Preempted inside epoch 1 (after its second step), resumed until epoch 1 ends (max_steps),
-    resumed again: the rest of epoch 1, and then epoch 2, train at 64 px with the batches the
-    uninterrupted run had there (before the fix: 32 px in epoch 0's order)."""
-    fit_stopped_at(tmp_path, STEPS + 2, "--config", DEMO, *TINY, *digit_betons)
-    fit(tmp_path, "--config", DEMO, *TINY, *digit_betons, "--ckpt_path=last",
-        f"--trainer.max_steps={2 * STEPS}")
+    """SIGTERM inside epoch 1 (after its second step), resumed until epoch 1 ends (max_steps),
+    resumed again: the rest of epoch 1, and then epoch 2, train at 64 px on the very pixels of
+    the uninterrupted run, which it ends with the weights of (before: 32 px in epoch 0's
+    order; later, another crop of each image)."""
+    args = [*TINY, *digit_betons, *PROGRESSIVE]
+    fit_here(tmp_path, *args, "--trainer.callbacks+=helpers.SignalAt",
+             f"--trainer.callbacks.step={STEPS + 2}",
+             f"--trainer.callbacks.signum={int(signal.SIGTERM)}", status=128 + signal.SIGTERM)
+    fit_here(tmp_path, *args, "--ckpt_path=last", f"--trainer.max_steps={2 * STEPS}")
     assert max(batches(tmp_path)) == (1, STEPS - 1)  # stopped at the epoch boundary
-    fit(tmp_path, "--config", DEMO, *TINY, *digit_betons, "--ckpt_path=last")
-    assert_same_batches_from(tmp_path, ffcv_uninterrupted, (1, 2), pixels=False)
+    fit_here(tmp_path, *args, "--ckpt_path=last")
+    assert_same_batches_from(tmp_path, ffcv_uninterrupted, (1, 2), pixels=True)
+    assert_same_weights(final_weights(tmp_path), final_weights(ffcv_uninterrupted))
+
+
+# -- one order on any number of processes ------------------------------------------------------
+WORLD = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=6", "--global_batch_size=32",
+         # the ranks agree on a signal every 2 steps, so a DDP run stops mid-epoch
+         "--builtins.preemption.init_args.check_every_n_steps=2"]
+LOADERS = {"torch": ["--data.init_args.image_size=16", "--data.init_args.padding=0",
+                     "--data.init_args.num_workers=2"],  # no crop: an image's pixels name it
+           "ffcv": None}  # the digit betons
+
+
+def steps_of(cwd: Path, ranks: int) -> dict[tuple[int, int], list[str]]:
+    """(epoch, step) -> the images every rank trained on in it, in rank order."""
+    records = [batches(cwd, rank) for rank in range(ranks)]
+    steps = {}
+    for key in sorted(records[0]):
+        # A step of a 2-process piece has a line per rank; a step of one process has one.
+        same = [r[key] for r in records if key in r and r[key]["shape"] == records[0][key]["shape"]]
+        steps[key] = [image for line in same for image in line["images"]]
+    return steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_mid_epoch_checkpoint_moves_from_1_process_to_2_and_back(loader, tmp_path,
+                                                                   digit_betons):
+    """SIGTERM at step 2 on one process; resumed on 2 DDP ranks (gloo), stopped there inside
+    epoch 1; resumed on one process to the end. Every step trains the images the
+    uninterrupted one-process run trained in it, each image once per epoch (before: refused)."""
+    data = digit_betons if LOADERS[loader] is None else LOADERS[loader]
+    args = [*TINY, *data, *WORLD]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    fit_here(reference, *args)
+    fit_here(resumed, *args, "--trainer.callbacks+=helpers.SignalAt",
+             "--trainer.callbacks.step=2", f"--trainer.callbacks.signum={int(signal.SIGTERM)}",
+             status=128 + signal.SIGTERM)
+    resumed.mkdir(exist_ok=True)
+    two = run_signalled(["fit", *args, "--ckpt_path=last", "--run_root", str(resumed / "runs"),
+                         "--trainer.devices=2", "--trainer.strategy=ddp",
+                         "--trainer.accelerator=cpu"], resumed, 7, signal.SIGTERM)
+    assert two.returncode == 128 + signal.SIGTERM, two.stderr[-3000:]
+    assert ("resume: 16 images per device on 2 process(es), 32 on the checkpoint's 1 "
+            "(BatchNorm's batch changes)") in two.stderr
+    assert "stopped by SIGTERM at epoch 1, step 8" in two.stderr
+    fit_here(resumed, *args, "--ckpt_path=last")
+    ours, theirs = steps_of(resumed, 2), steps_of(reference, 1)
+    assert sorted(ours) == sorted(theirs) and len(ours) == 12
+    for key, images in theirs.items():
+        assert sorted(ours[key]) == sorted(images), key  # the step's images, whoever had them
+    for epoch in (0, 1):  # each image once an epoch
+        seen = [image for (e, _), images in ours.items() if e == epoch for image in images]
+        assert len(seen) == len(set(seen)) == 6 * 32
 
 
 # -- torch DataLoaders with worker processes, 2 DDP ranks --------------------------------------
-DDP = ["--config", DEMO, *TINY, "--data.init_args.image_size=16",
+DDP = [*TINY, "--data.init_args.image_size=16",
        "--data.init_args.num_workers=2", "--data.init_args.batch_size=16",
        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
 

@@ -79,6 +79,17 @@ class HeavyValDigits(DigitsDataModule):
         return DataLoader(self.val_set, len(self.val_set))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Loader and training step both on one core: on a machine busy with other work, a
+    two-thread step loses more to the load than the one-thread loader, and the shares moved
+    (seen: the digits' wait at 25% beside another test process, 10-15% alone)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fit(tmp_path, monkeypatch, data: str, *args: str) -> tuple[dict, list[dict]]:
     """(results.json, metrics.csv rows) of a tiny in-process `fit` run in tmp_path."""
     monkeypatch.chdir(tmp_path)

@@ -42,18 +42,6 @@ CLOSE_TIMEOUT_S = 120  # a pool's close is bounded by seconds; this only catches
 
 
 # -- hooks the in-process runs load (`--trainer.callbacks+=test_process.X`) -------------------
-class SignalAt(Callback):
-    """Send this process `signum` at the end of training step `step` (a real signal, as
-    SLURM's or a `kill`)."""
-
-    def __init__(self, step: int = 1, signum: int = signal.SIGUSR1):
-        self.step, self.signum = step, signum
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            signal.raise_signal(self.signum)
-
-
 class FailAt(Callback):
     """A bug in the middle of training: an exception at step `step`."""
 
@@ -97,7 +85,7 @@ def process_state() -> dict:
 
 ENDINGS = {
     "finished": ([], 0),
-    "preempted": (["--trainer.callbacks+=test_process.SignalAt"], 128 + signal.SIGUSR1),
+    "preempted": (["--trainer.callbacks+=helpers.SignalAt"], 128 + signal.SIGUSR1),
     "failed": (["--trainer.callbacks+=test_process.FailAt"], RuntimeError),
 }
 
@@ -158,7 +146,7 @@ def test_bench_pool_stops_after_a_preempted_fit_in_the_same_process(own_handlers
     """The hang seen in `make test`: a pool forked after an in-process fit that a signal stopped
     inherited the stop handler (which ignores SIGTERM once stopped), and its `close()` waited
     for ever on a worker that survived the pool's SIGTERM."""
-    assert main(["fit", *TINY, "--trainer.callbacks+=test_process.SignalAt"]) == 138
+    assert main(["fit", *TINY, "--trainer.callbacks+=helpers.SignalAt"]) == 138
     ceiling = DecodeCeiling(fake_record, 32, workers=2, batch_size=8, res=16)
     assert ceiling.epoch() > 0
     assert closes_within(ceiling.close, CLOSE_TIMEOUT_S)

@@ -261,34 +261,42 @@ def test_stopped_twice_is_one_run_in_wandb_and_metrics_csv_holds_it_all(tmp_path
 
 
 # -- a mid-epoch resume on another world size ---------------------------------------------------
-def test_a_mid_epoch_checkpoint_resumes_on_another_world_size_only_where_exact():
+def test_a_mid_epoch_checkpoint_resumes_on_any_world_size_with_the_same_global_batch():
+    """One global order (`resnext_lit.data.order`): step s holds the same images on any number
+    of processes, one included (before: refused from or to one process)."""
     from types import SimpleNamespace
 
     from resnext_lit.errors import UserError
-    from resnext_lit.training.resume import _check_same_order
+    from resnext_lit.training.resume import ORDER, _check_same_order
 
-    def trainer(world: int, per_device: int):
-        return SimpleNamespace(world_size=world, accumulate_grad_batches=1,
+    def trainer(world: int, per_device: int, accumulate: int = 1):
+        return SimpleNamespace(world_size=world, accumulate_grad_batches=accumulate,
                                datamodule=SimpleNamespace(batch_size=per_device))
 
-    saved = {"epoch": 4, "batches_done": 30, "world_size": 8, "global_batch": 256}
+    saved = {"epoch": 4, "batches_done": 30, "world_size": 8, "global_batch": 256,
+             "accumulate": 1, "per_device_batch": 32, "order": ORDER}
     _check_same_order(saved, trainer(8, 32))     # the same world
-    _check_same_order(saved, trainer(4, 64))     # DistributedSampler: same images per step
-    _check_same_order({**saved, "batches_done": 0}, trainer(1, 256))  # an epoch's end
-    with pytest.raises(UserError, match=r"saved 30 steps into epoch 4 by 8 process\(es\) "
-                                        r"\(global batch 256\); on 1 \(global batch 256\)"):
-        _check_same_order(saved, trainer(1, 256))  # one process: FFCV's own shuffle
-    with pytest.raises(UserError, match=r"on 4 \(global batch 128\)"):
+    _check_same_order(saved, trainer(4, 64))     # the same images per step ...
+    _check_same_order(saved, trainer(1, 256))    # ... on one process too
+    _check_same_order({**saved, "batches_done": 0}, trainer(1, 32, 4))  # an epoch's end
+    with pytest.raises(UserError, match=r"saved 30 steps into epoch 4 by 8 process\(es\) with "
+                                        r"global batch 256 \(accumulating 1\); this run's is "
+                                        r"128 \(accumulating 1\)"):
         _check_same_order(saved, trainer(4, 32))   # another global batch: other steps
+    with pytest.raises(UserError, match=r"this run's is 256 \(accumulating 2\)"):
+        _check_same_order(saved, trainer(4, 32, 2))  # other micro-steps
+    with pytest.raises(UserError, match="in an older data order than this version's"):
+        _check_same_order({**saved, "order": None}, trainer(8, 32))
 
 
 @pytest.mark.slow  # trains tiny runs (10-40 s on 2 cores)
-def test_a_mid_epoch_checkpoint_of_one_process_is_refused_on_two(tmp_path):
+def test_a_mid_epoch_checkpoint_is_refused_with_another_global_batch(tmp_path):
+    """Any number of processes may continue it (tests/test_exact_resume.py); another global
+    batch would give its steps other images."""
     stopped(tmp_path, 2)
     (run,) = runs(tmp_path / "runs/demo")
     before = snapshot(run)
-    line = refused(fit(tmp_path, "--run_id", run.name, "--trainer.devices=2",
-                       "--trainer.strategy=ddp", "--global_batch_size=32",
-                       "--data.init_args.num_workers=0"))
-    assert "saved 2 steps into epoch 0 by 1 process(es) (global batch 32); on 2" in line
+    line = refused(fit(tmp_path, "--run_id", run.name, "--global_batch_size=64"))
+    assert ("saved 2 steps into epoch 0 by 1 process(es) with global batch 32 (accumulating 1); "
+            "this run's is 64 (accumulating 1)") in line
     assert snapshot(run) == before

@@ -10,7 +10,10 @@ images/s, median of the repeats after a warm-up epoch (which pays FFCV's numba c
 starts the DataLoader workers).
 
 - ffcv: `FFCVDataModule.train_dataloader()` on the set's .beton (written by `write_beton` with
-  the project's defaults: longer side <= 500 px, half JPEG at quality 90, half raw pixels).
+  the project's defaults: longer side <= 500 px, half JPEG at quality 90, half raw pixels): its
+  crop and flip seeded per sample (`resnext_lit.data.seeded_crop`).
+- ffcv_own_ops: FFCV's own `RandomResizedCropRGBImageDecoder` + `RandomHorizontalFlip` (unseeded,
+  numba's generators) in a plain FFCV `Loader` with the same settings: what the seeding costs.
 - torchvision: `torchvision.datasets.ImageFolder` (PIL decode) + `transforms.RandomResizedCrop`
   + `RandomHorizontalFlip` + `PILToTensor` in a `DataLoader` with persistent workers: what a
   user would write instead.
@@ -28,7 +31,8 @@ starts the DataLoader workers).
 `per_image_ms_one_core` in the JSON times each stage on one core, which bounds the best
 ffcv / torchvision ratio that these stored bytes allow (printed as a note).
 
-Goals (issue 6): ffcv >= 3.0x torchvision and >= 0.8x ceiling.
+Goals: ffcv >= 3.0x torchvision and >= 0.8x ceiling (issue 6); the seeded decode >= 0.97x FFCV's
+own ops (issue 31).
 """
 
 from __future__ import annotations
@@ -229,6 +233,22 @@ def torchvision_loader(train_dir, batch_size: int, res: int, workers: int):
                       persistent_workers=workers > 0), [path for path, _ in dataset.samples]
 
 
+def ffcv_own_ops(beton: str, batch_size: int, res: int, workers: int):
+    """A plain FFCV Loader with FFCV's own (unseeded) crop and flip, as ffcv-imagenet builds
+    it, with FFCVDataModule's other settings (random order, OS cache, 3 batches ahead)."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+    image = [RandomResizedCropRGBImageDecoder((res, res), scale=INCEPTION_SCALE,
+                                              ratio=INCEPTION_RATIO),
+             RandomHorizontalFlip(), ToTensor(), ToTorchImage()]
+    return Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.RANDOM,
+                  os_cache=True, batches_ahead=3, drop_last=True,
+                  pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze(1)]})
+
+
 def run(tiny: bool = False, data_dir: str = "runs/bench/data", repeats: int | None = None,
         workers: int | None = None) -> Report:
     from resnext_lit.data.ffcv import FFCVDataModule
@@ -248,6 +268,7 @@ def run(tiny: bool = False, data_dir: str = "runs/bench/data", repeats: int | No
     loaders = {"torchvision": tv, "folder_datamodule": folder.train_dataloader(),
                "ffcv": FFCVDataModule(str(data.beton), str(data.beton), batch_size=batch,
                                       res=res, num_workers=workers).train_dataloader()}
+    loaders["ffcv_own_ops"] = ffcv_own_ops(str(data.beton), batch, res, workers)
     del tv, folder  # `loaders` holds the only references (see `finally`)
     load, num_records, jpeg_share = _beton_loader(str(data.beton))
     decoder, pools = _decoder()[0], []
@@ -263,7 +284,8 @@ def run(tiny: bool = False, data_dir: str = "runs/bench/data", repeats: int | No
         values = interleave({"torchvision": runs["torchvision"],
                              "folder_datamodule": runs["folder_datamodule"],
                              "ceiling": ceiling.epoch, "ceiling_files": ceiling_files.epoch,
-                             "ffcv": runs["ffcv"]}, cfg["repeats"], cfg["warmup"])
+                             "ffcv": runs["ffcv"], "ffcv_own_ops": runs["ffcv_own_ops"]},
+                            cfg["repeats"], cfg["warmup"])
     finally:
         for pool in pools:
             pool.close()
@@ -281,6 +303,8 @@ def run(tiny: bool = False, data_dir: str = "runs/bench/data", repeats: int | No
     report.ratio("ffcv / torchvision", "ffcv", "torchvision", (">=", 3.0))
     report.ratio("ffcv / ceiling", "ffcv", "ceiling", (">=", 0.8))
     report.ratio("ffcv / folder_datamodule", "ffcv", "folder_datamodule", None)
+    report.ratio("ffcv seeded / ffcv's own ops", "ffcv", "ffcv_own_ops", (">=", 0.97),
+                 why="the per-sample seeded crop and flip against FFCV's unseeded ones")
     report.ratio("torchvision / ceiling_files", "torchvision", "ceiling_files", None,
                  why="how close PIL + transforms come to a raw decode of the same files")
     report.note(f"one core, ms per image: beton read/decode {costs['beton_read_or_decode']:.3f}"

@@ -31,6 +31,7 @@ from ..errors import UserError
 from . import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .distributed import ExactShardSampler, rank_and_world
 from .in_memory import TensorImages
+from .order import train_loader
 from .workers import clip_workers, shield_from_stop_signals
 
 IMAGE_SIZE = 32
@@ -149,10 +150,9 @@ class CIFARDataModule(LightningDataModule):
         self.val_set = TensorImages(*self._load("test"))
 
     def train_dataloader(self) -> DataLoader:
-        # Under DDP Lightning swaps in a shuffling DistributedSampler (reshuffled per epoch).
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          worker_init_fn=shield_from_stop_signals)
+        return train_loader(self.train_set, self.batch_size, self.trainer,
+                            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                            worker_init_fn=shield_from_stop_signals)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self.trainer)

@@ -4,7 +4,8 @@
     python -m resnext_lit.data.digits runs/demo/data   # the same split as JPEG ImageFolders
 
 The 8x8 scans (UCI optdigits, 16 grey levels) are upsampled to 32x32 RGB uint8, so a CIFAR-stem
-ResNeXt sees them as it would see CIFAR. The train/val split is stratified and fixed by `seed`.
+ResNeXt sees them as it would see CIFAR. The train/val split is stratified and fixed by
+`split_seed` (not the run's seed: every run validates on the same images).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torchvision.transforms import v2
 from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD
 from .in_memory import TensorImages
+from .order import train_loader
 from .workers import clip_workers, shield_from_stop_signals
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -50,7 +52,7 @@ class DigitsDataModule(LightningDataModule):
 
     def __init__(self, batch_size: PositiveInt = 64, image_size: PositiveInt = 32,
                  val_fraction: float = 0.2, padding: NonNegativeInt = 4,
-                 num_workers: NonNegativeInt = 0, seed: int = 0):
+                 num_workers: NonNegativeInt = 0, split_seed: int = 0):
         super().__init__()
         if not 0 < val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
@@ -60,15 +62,14 @@ class DigitsDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         images, labels = digits_uint8(self.image_size)
-        train, val = split(labels, self.hparams.val_fraction, self.hparams.seed)
+        train, val = split(labels, self.hparams.val_fraction, self.hparams.split_seed)
         crop = v2.RandomCrop(self.image_size, padding=self.hparams.padding)
         self.train_set = TensorImages(images[train], labels[train], crop)
         self.val_set = TensorImages(images[val], labels[val])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers,
-                          worker_init_fn=shield_from_stop_signals)
+        return train_loader(self.train_set, self.batch_size, self.trainer,
+                            num_workers=self.num_workers, worker_init_fn=shield_from_stop_signals)
 
     def val_dataloader(self) -> DataLoader:
         # batch_size by keyword: Lightning re-creates a predict loader with its own batch

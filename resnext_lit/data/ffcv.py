@@ -12,21 +12,25 @@ classes are their labels 0..max (named by index, or by `classes`), read from FFC
 table, and one line on stderr says the file is not checked against a sidecar
 (`python -m resnext_lit write-beton --adopt FILE` writes one; see `sidecar`).
 
-Train: FFCV's RandomResizedCropRGBImageDecoder (Inception crop: 8%-100% of the area, aspect
-3/4-4/3, as the paper's Sec. 4 via Szegedy et al.) at `res`, then a random horizontal flip. Val:
+Train: the Inception crop (8%-100% of the area, aspect 3/4-4/3, as the paper's Sec. 4 via
+Szegedy et al.) at `res`, then a horizontal flip of half the images, decoded by FFCV's
+`imdecode` and `resize_crop`; each image's crop and flip are a function of (seed, epoch, its
+index) (`seeded_crop.SeededRandomResizedCrop`), so a seed fixes the pixels of every batch. Val:
 the center square of side `val_crop_ratio` x the shorter side, resized to `val_res` (default
 224/256 = `CROP_RATIO`: the paper's 224 crop of the image resized to 256; Table 5's 320 px test
 is configs/eval/table5_320.yaml). Both hand out uint8 [N, 3, H, W] (a channels-last view) and
 int64 [N]; the LightningModule normalises on the device. `batch_size` is per process (per GPU).
 
-Under DDP, training is sharded by FFCV's `distributed=True` (the DistributedSampler order: ranks
-disjoint, reshuffled every epoch from `seed`); validation gives each rank a contiguous unpadded
-slice (`distributed.rank_slice`), so `val/top1_err` is the error of the whole split. Loaders are
-built in the dataloader hooks (the process group exists by then), each with fresh op lists
-because FFCV keeps state in the ops it is given. FFCV reuses its batch buffers a few batches
-after handing them out; Lightning 2.6 fetches the next batch of a sized loader only after the
-last hook that sees the current one (`tests/test_ffcv_datamodule.py` records it), so one batch
-is in use at a time and FFCV's own queue length is safe.
+Epoch e trains one permutation of the training set drawn from (seed, e), step s its images
+[s*B, (s+1)*B) with B the global batch, split over the ranks (`resnext_lit.data.order`): the
+same images per step on any number of processes, so a mid-epoch checkpoint resumes exactly on
+another. Validation gives each rank a contiguous unpadded slice (`distributed.rank_slice`), so
+`val/top1_err` is the error of the whole split. Loaders are built in the dataloader hooks (the
+process group exists by then), each with fresh op lists because FFCV keeps state in the ops it
+is given. FFCV reuses its batch buffers a few batches after handing them out; Lightning 2.6
+fetches the next batch of a sized loader only after the last hook that sees the current one
+(`tests/test_ffcv_datamodule.py` records it), so one batch is in use at a time and FFCV's own
+queue length is safe.
 
 `ProgressiveResizing` (ffcv-imagenet's low-res-first training) is a callback:
     trainer: {callbacks: [{class_path: resnext_lit.data.ffcv.ProgressiveResizing,
@@ -42,11 +46,11 @@ from typing import Literal
 import numba
 import numpy as np
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
-from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import Callback, LightningDataModule
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -55,6 +59,8 @@ from ..errors import UserError
 from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTION_SCALE, check_args
 from .beton.sidecar import read_beton_info, read_unchecked_info, resolve_classes, sidecar_path
 from .distributed import rank_and_world, rank_slice
+from .order import rank_order, run_seed
+from .seeded_crop import SeededRandomResizedCrop
 from .workers import clip_workers, usable_cores
 
 RES_STEP = 32  # progressive resizing moves in multiples of this (ffcv-imagenet)
@@ -62,13 +68,21 @@ ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM
 
 
 class _StoppableEpoch(EpochIterator):
-    """FFCV's epoch iterator that can be ended before its last batch.
+    """FFCV's epoch iterator that can be ended before its last batch, and that hands the seeded
+    decoder its epoch's key before the first batch.
 
     FFCV has no public hook for the iterator class, so this relies on EpochIterator's
     internals, checked against ffcv 1.0.2 (tests/test_internals_data.py): `run` takes the
     batches from `iter_ixes`, puts each in `output_queue` with a 0.5 s timeout, returning once
     `terminate_event` is set, and at the end puts the `None` sentinel with no timeout; `close`
-    releases the epoch's memory."""
+    releases the epoch's memory; `__init__` allocates the epoch's buffers
+    (`memory_allocations`, by the graph's node ids) and then starts the thread."""
+
+    def start(self) -> None:
+        for op in getattr(self.loader, "seeded_ops", ()):  # see `seeded_crop`
+            (node,) = self.loader.graph.operation_to_node[op]
+            op.fill_epoch_key(self.memory_allocations["operation"][node.id])
+        super().start()
 
     def stop(self) -> None:
         """End an epoch its consumer left unfinished (`limit_train_batches`, a resume that
@@ -101,27 +115,47 @@ class _LightningLoader(Loader):
         The epoch's order is FFCV's own, sliced, so the rest is what it would have been."""
         self._skip = batches
 
+    def epoch_order(self) -> np.ndarray:
+        """The indices of the next epoch's batches, in order (FFCV's own order here)."""
+        return self.next_traversal_order()[:len(self) * self.batch_size]
+
     def __iter__(self):
         if self._epoch is not None:
             self._epoch.stop()
         Compiler.set_num_threads(self.num_workers)
-        order = self.next_traversal_order()
+        order = self.epoch_order()
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
         skip, self._skip = self._skip * self.batch_size, 0
-        self._epoch = _StoppableEpoch(self, order[skip:len(self) * self.batch_size])
+        self._epoch = _StoppableEpoch(self, order[skip:])
         return self._epoch
 
 
 class _TrainLoader(_LightningLoader):
-    """An FFCV Loader that, at every epoch start, takes the epoch from the Trainer (so FFCV's
-    per-epoch shuffle follows the real epoch, also after a resume) and the decode resolution
-    from the DataModule (so `ProgressiveResizing` can change it)."""
+    """An FFCV Loader that, at every epoch start, takes the epoch from the Trainer (the order
+    and the augmentations are the epoch's, also after a resume) and the decode resolution from
+    the DataModule (so `ProgressiveResizing` can change it). With the "random" order, epoch e
+    is this rank's part of the epoch's global order (`resnext_lit.data.order`): the same
+    images per step on any number of processes."""
 
-    def __init__(self, *args, datamodule: FFCVDataModule, decoder, **kwargs):
+    def __init__(self, *args, datamodule: FFCVDataModule, decoder: SeededRandomResizedCrop,
+                 rank: int, world: int, seed: int, global_order: bool, **kwargs):
         self._datamodule, self._decoder = datamodule, decoder
+        self.seeded_ops = (decoder,)
+        self._rank, self._world, self._seed, self._global = rank, world, seed, global_order
         super().__init__(*args, **kwargs)
+
+    def __len__(self) -> int:
+        if not self._global:
+            return super().__len__()
+        return len(self.indices) // (self.batch_size * self._world)
+
+    def epoch_order(self) -> np.ndarray:
+        if not self._global:
+            return super().epoch_order()
+        return self.indices[rank_order(self._seed, self.next_epoch, len(self.indices),
+                                       self.batch_size, self._rank, self._world)]
 
     def __iter__(self):
         trainer = self._datamodule.trainer
@@ -132,6 +166,7 @@ class _TrainLoader(_LightningLoader):
         # code is size-agnostic, so a new resolution needs no recompilation (ffcv-imagenet sets
         # `output_size` the same way; checked against ffcv 1.0.2 in test_internals_data.py).
         self._decoder.output_size = (res, res)
+        self._decoder.epoch = self.next_epoch
         return super().__iter__()
 
 
@@ -154,10 +189,12 @@ class FFCVDataModule(LightningDataModule):
         crop_scale: area range of the random crop (paper: 0.08-1).
         flip: random horizontal flip in training.
         num_workers: FFCV decoding threads per process, capped at the usable cores.
-        order: "random", or "quasi_random" (less disk reading; needs os_cache=False, one process).
+        order: "random" (the global order above), or "quasi_random" (FFCV's own order, which
+            reads less from disk; needs os_cache=False and one process).
         os_cache: let the OS page cache hold the file (else FFCV's own process cache).
         batches_ahead: batches FFCV decodes in advance (its queue length, >= 1).
-        seed: shuffling seed; epoch e uses seed and e, so every epoch reshuffles reproducibly.
+        seed: the order's and the augmentations' seed (None: the run's, `seed_everything`):
+            epoch e's order and each image's crop and flip follow from (seed, e) alone.
         classes: class names (a list, a train ImageFolder, a sidecar, or a text file with one
             name first on each line, as ImageNet's LOC_synset_mapping.txt) for betons without a
             sidecar; default their label indices "0".."N-1", N = the largest label + 1 of
@@ -173,7 +210,7 @@ class FFCVDataModule(LightningDataModule):
                  crop_scale: tuple[float, float] = INCEPTION_SCALE,
                  flip: bool = True, num_workers: PositiveInt = 8,
                  order: Literal["random", "quasi_random"] = "random", os_cache: bool = True,
-                 batches_ahead: PositiveInt = 3, seed: NonNegativeInt = 0,
+                 batches_ahead: PositiveInt = 3, seed: NonNegativeInt | None = None,
                  classes: list[str] | str | None = None):
         super().__init__()
         check_args(crop_scale, val_crop_ratio, res=res, val_res=val_res,
@@ -232,18 +269,20 @@ class FFCVDataModule(LightningDataModule):
 
     def train_dataloader(self) -> Loader:
         hp = self.hparams
-        _, world = rank_and_world(self.trainer)
+        rank, world = rank_and_world(self.trainer)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         res = self.train_res(epoch)
-        decoder = RandomResizedCropRGBImageDecoder((res, res), scale=tuple(hp.crop_scale),
-                                                   ratio=INCEPTION_RATIO)
-        # Numba ops (decode, flip) before ToTensor; ToTorchImage is a free NHWC->NCHW view.
-        image_ops = [decoder] + ([RandomHorizontalFlip()] if hp.flip else []) + \
-            [ToTensor(), ToTorchImage()]
+        seed = run_seed() if hp.seed is None else hp.seed
+        decoder = SeededRandomResizedCrop((res, res), scale=tuple(hp.crop_scale),
+                                          ratio=INCEPTION_RATIO, flip=hp.flip, seed=seed)
+        # Numba ops before ToTensor; ToTorchImage is a free NHWC->NCHW view. Every rank reads
+        # the whole file's index and takes its part of each step itself (`_TrainLoader`).
         return _TrainLoader(hp.train_path, batch_size=self.batch_size, order=ORDERS[hp.order],
-                            distributed=world > 1, seed=hp.seed, drop_last=True,
-                            pipelines={"image": image_ops, "label": self._label_ops()},
-                            datamodule=self, decoder=decoder, **self._common())
+                            seed=seed, drop_last=True,
+                            pipelines={"image": [decoder, ToTensor(), ToTorchImage()],
+                                       "label": self._label_ops()},
+                            datamodule=self, decoder=decoder, rank=rank, world=world,
+                            global_order=hp.order == "random", **self._common())
 
     def val_dataloader(self) -> Loader:
         hp = self.hparams

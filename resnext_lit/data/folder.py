@@ -33,6 +33,7 @@ from . import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_RATIO, INCEPTIO
 from .distributed import ExactShardSampler, rank_and_world
 from .imagenet_val import flat_val_samples, read_val_labels
 from .images import BadImage, list_classes, list_image_folder, load_rgb
+from .order import train_loader
 from .workers import clip_workers, shield_from_stop_signals
 
 
@@ -129,17 +130,18 @@ class ImageFolderDataModule(LightningDataModule):
             val, _ = flat_val_samples(hp.val_dir, labels, self.classes)
         self.val_set = ImageFiles(val, val_transform(hp.val_res, hp.val_crop_ratio))
 
+    def _workers(self) -> dict:
+        return dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                    pin_memory=torch.cuda.is_available(),
+                    worker_init_fn=shield_from_stop_signals)
+
     def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
         # batch_size by keyword: Lightning re-creates a predict loader with its own batch
         # sampler, and refuses a positional batch_size beside it.
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=shield_from_stop_signals, **kwargs)
+        return DataLoader(dataset, batch_size=batch_size, **self._workers(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        # Under DDP Lightning swaps in a shuffling DistributedSampler (reshuffled per epoch).
-        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+        return train_loader(self.train_set, self.batch_size, self.trainer, **self._workers())
 
     def val_dataloader(self) -> DataLoader:
         rank, world = rank_and_world(self.trainer)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import UserError
 from . import IMAGENET_MEAN, IMAGENET_STD
+from .order import train_loader
 from .workers import clip_workers
 
 
@@ -23,7 +24,8 @@ class SyntheticDataModule(LightningDataModule):
 
     def __init__(self, num_classes: int = 10, image_size: PositiveInt = 32,
                  num_train: PositiveInt = 256, num_val: PositiveInt = 64,
-                 batch_size: PositiveInt = 32, num_workers: NonNegativeInt = 0, seed: int = 0):
+                 batch_size: PositiveInt = 32, num_workers: NonNegativeInt = 0,
+                 data_seed: int = 0):
         super().__init__()
         if num_classes < 1:  # a plain int: Lightning wants the model's and data's types equal
             raise UserError(f"data.num_classes must be >= 1, got {num_classes}")
@@ -32,14 +34,14 @@ class SyntheticDataModule(LightningDataModule):
         self.num_workers = clip_workers(num_workers)
 
     def _dataset(self, n: int, offset: int) -> TensorDataset:
-        g = torch.Generator().manual_seed(self.hparams.seed + offset)
+        g = torch.Generator().manual_seed(self.hparams.data_seed + offset)
         size = self.image_size
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
         return TensorDataset(images, torch.randint(0, self.num_classes, (n,), generator=g))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.hparams.num_train, 0), self.batch_size,
-                          shuffle=True, drop_last=True, num_workers=self.num_workers)
+        return train_loader(self._dataset(self.hparams.num_train, 0), self.batch_size,
+                            self.trainer, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         # batch_size by keyword: Lightning re-creates a predict loader (see `digits`).

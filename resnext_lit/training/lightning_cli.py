@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from ..errors import UserError
 from ..facts import counted_at, counted_network, resolution
 from ..models.registry import OVERRIDES, model_config
-from ..run_identity import setting_difference, setting_of
+from ..run_identity import hold, let_go, setting_difference, setting_of
 from ..wandb_access import close_run
 from .checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, check_checkpoint, use_atomic_checkpoints
 from .console import files_line, network_line, quiet_upstream
@@ -62,7 +62,12 @@ BUILTINS = {"best_checkpoint": (ModelCheckpoint, BEST_CHECKPOINT),
 
 
 class ResNeXtCLI(LightningCLI):
-    """LightningCLI with the repo's links, defaults and run bookkeeping."""
+    """LightningCLI with the repo's links, defaults and run bookkeeping. `cleanup`: an
+    ExitStack the caller closes after the command, however it ended (the run's lock)."""
+
+    def __init__(self, *args, cleanup: ExitStack, **kwargs):
+        self.cleanup = cleanup
+        super().__init__(*args, **kwargs)  # LightningCLI runs the whole command in here
 
     def add_arguments_to_parser(self, parser) -> None:
         # Any LightningDataModule by class path; the embedded digits when none is given.
@@ -85,6 +90,10 @@ class ResNeXtCLI(LightningCLI):
                                  "--ckpt_path names)")
         parser.add_argument("--run_root", type=str, default=RUNS_DIR,
                             help="where runs live: <run_root>/<run_name>/<run_id>/")
+        parser.add_argument("--checkpoint_every_minutes", type=float | None, default=None,
+                            help="also write last.ckpt every N minutes of training, mid-epoch "
+                                 "(a hard kill then loses at most N minutes); default: at each "
+                                 "epoch's end and on a stop signal only")
         parser.add_argument("--paper_batch_per_device", type=PositiveInt | None, default=None,
                             help="the paper's per-GPU batch (its BatchNorm batch), to say when "
                                  "ours differs")
@@ -103,6 +112,9 @@ class ResNeXtCLI(LightningCLI):
         config = self.config[sub] if sub else self.config
         model, trainer = config.model, config.trainer
         model_config(model.arch, **{k: model.get(k) for k in OVERRIDES if k != "num_classes"})
+        every = config.get("checkpoint_every_minutes")
+        if every is not None and not every > 0:
+            raise UserError(f"--checkpoint_every_minutes must be > 0, got {every}")
         if sub == "fit" and not trainer.get("fast_dev_run"):
             epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
             if epochs in (None, -1) and steps in (None, -1):
@@ -209,6 +221,12 @@ class ResNeXtCLI(LightningCLI):
 
         self._apply_global_batch()
         config, trainer = self.run_config, self.trainer
+        if trainer.is_global_zero:  # the run's folder is this process's until the command ends
+            lock = hold(self.run.folder)
+            self.cleanup.callback(let_go, lock, self.run.folder)
+        for callback in trainer.callbacks:
+            if isinstance(callback, Preemption):
+                callback.save_every(config.get("checkpoint_every_minutes"))
         if trainer.is_global_zero:
             print(describe(run_scale(trainer, self.datamodule, self.model.hparams.lr),
                            str(trainer.precision), config.get("global_batch_size"),
@@ -376,11 +394,12 @@ def run_cli(args: list[str] | None) -> int:
 def _lightning_cli(args: list[str] | None) -> None:
     from lightning import LightningDataModule
 
-    with quiet_upstream():  # upstream messages that say nothing about a run (console.py)
+    with quiet_upstream(), ExitStack() as cleanup:  # console.py says why quiet
         from .module import ResNeXtModule
 
         ResNeXtCLI(
             ResNeXtModule, LightningDataModule, subclass_mode_data=True, args=args,
+            cleanup=cleanup,
             # The module's configure_optimizers is the recipe's (SGD, its schedule, per-step lr):
             # no --optimizer/--lr_scheduler that would replace it with one Lightning warning.
             auto_configure_optimizers=False,

@@ -21,11 +21,13 @@ SIGTERM.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -70,6 +72,8 @@ class Preemption(Callback):
             raise UserError(f"Preemption: check_every_n_steps must be >= 1, got "
                             f"{check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
+        self.every_s: float | None = None  # `save_every`
+        self._due_at = math.inf  # when (time.monotonic) the next timed last.ckpt is due
         self._signal: int | None = None
         self._previous: dict[int, object] = {}
         self._trainer = None
@@ -93,9 +97,22 @@ class Preemption(Callback):
             # 2.6.6; tests/test_internals.py fails if it changes.)
             trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
 
+    def save_every(self, minutes: float | None) -> None:
+        """Also write `last.ckpt` every `minutes` of training, mid-epoch (`--checkpoint_every_
+        minutes`): a hard kill (SIGKILL, the OOM killer, a lost node), which no handler sees,
+        then loses at most that much. Rank 0's clock decides; under DDP the ranks learn it at
+        the steps where they agree on signals, so it costs no sync of its own."""
+        if minutes is not None and not minutes > 0:
+            raise UserError(f"--checkpoint_every_minutes must be > 0, got {minutes}")
+        self.every_s = None if minutes is None else 60.0 * minutes
+
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning's SIGTERM handler (wrapped around ours) would abort a running validation.
         self._install(trainer, keep_previous=False)
+        self._restart_clock()
+
+    def _restart_clock(self) -> None:
+        self._due_at = math.inf if self.every_s is None else time.monotonic() + self.every_s
 
     def _install(self, trainer, keep_previous: bool) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -126,35 +143,43 @@ class Preemption(Callback):
             if launcher is not None:  # DDP ranks Lightning started as our child processes
                 launcher.kill(signum)
 
-    def _agreed_signal(self, trainer, batch_idx: int) -> int:
-        """The signal any rank received (every rank must stop at the same step): every step on
-        one process, every `check_every_n_steps` steps and at each epoch's last under DDP."""
+    def _agreed(self, trainer, batch_idx: int) -> tuple[int, bool]:
+        """(the signal any rank received, whether a timed save is due by rank 0's clock): every
+        step on one process; under DDP every `check_every_n_steps` steps and at each epoch's
+        last, where the ranks agree (every rank must stop or save at the same step)."""
+        due = self._due_at <= time.monotonic() if trainer.is_global_zero else False
         if trainer.world_size == 1:
-            return self._signal or 0
+            return self._signal or 0, due
         last = batch_idx + 1 >= trainer.num_training_batches
         if not last and trainer.global_step % self.check_every_n_steps:
-            return 0
-        mine = torch.tensor(self._signal or 0, device=trainer.strategy.root_device)
-        return int(_all_reduce(mine, dist.ReduceOp.MAX))
+            return 0, False
+        mine = torch.tensor([self._signal or 0, int(due)], device=trainer.strategy.root_device)
+        signum, due = _all_reduce(mine, dist.ReduceOp.MAX).tolist()
+        return int(signum), bool(due)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        signum = self._agreed_signal(trainer, batch_idx)
-        if not signum or self._signal_at_epoch_end:
+        signum, due = self._agreed(trainer, batch_idx)
+        if self._signal_at_epoch_end:
             return
-        if next_epoch(trainer) > trainer.current_epoch:
+        epoch_end = next_epoch(trainer) > trainer.current_epoch
+        if signum and epoch_end:
             # The epoch's last step: let it validate and close (its record, its checkpoint).
             self._signal_at_epoch_end, self._saved = signum, None
-            return
-        self._stop(trainer, signum, save_last(trainer))
+        elif signum:
+            self._stop(trainer, signum, save_last(trainer))
+        elif due and not epoch_end:  # the epoch's end writes last.ckpt anyway
+            save_last(trainer)
+            self._restart_clock()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._signal_at_epoch_end and self._saved is None:
+            self._saved = save_last(trainer)
+        self._restart_clock()  # ModelCheckpoint writes last.ckpt at every epoch's end
 
     # Saved where ModelCheckpoint saves at an epoch end (Lightning resumes from those states;
     # from one saved in on_train_epoch_start it would skip the epoch), stopped at the next start.
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._signal_at_epoch_end and not trainer.sanity_checking:
-            self._saved = save_last(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._signal_at_epoch_end and self._saved is None:
             self._saved = save_last(trainer)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import warnings
 
 import numpy as np
@@ -48,27 +49,51 @@ def next_epoch(trainer) -> int:
     return trainer.current_epoch + int(done)
 
 
-def _global_batch(trainer) -> int | None:
+ORDER = "global-v1"  # the data order a checkpoint's epoch was trained in (`data.order`)
+
+
+def _batches(trainer) -> dict:
+    """The run's batch sizes: per device (BatchNorm's batch), and the global (optimiser) batch
+    over every device and accumulated micro-batch."""
     per_device = getattr(trainer.datamodule, "batch_size", None)
-    if per_device is None:
-        return None
-    return per_device * trainer.world_size * trainer.accumulate_grad_batches
+    # Plain ints: a config's PositiveInt would make the checkpoint unreadable weights_only.
+    per_device = None if per_device is None else int(per_device)
+    return {"per_device_batch": per_device, "accumulate": int(trainer.accumulate_grad_batches),
+            "global_batch": None if per_device is None else
+            per_device * trainer.world_size * trainer.accumulate_grad_batches}
 
 
 def _check_same_order(state: dict, trainer) -> None:
     """A mid-epoch checkpoint resumes only where the epoch's remaining images are the ones the
-    saved run had not seen (see `ExactResume`); else one line, before anything is written."""
-    saved, now = state.get("world_size"), trainer.world_size
-    if not state.get("batches_done") or saved in (None, now):
+    saved run had not seen: the same global order (`resnext_lit.data.order`) and the same
+    images per step, on any number of processes. Else one line, before anything is written."""
+    if not state.get("batches_done"):
         return
-    if saved > 1 and now > 1 and state.get("global_batch") == _global_batch(trainer):
-        return
-    raise UserError(
-        f"this checkpoint was saved {state['batches_done']} steps into epoch {state['epoch']} "
-        f"by {saved} process(es) (global batch {state.get('global_batch')}); on {now} "
-        f"(global batch {_global_batch(trainer)}) the rest of that epoch would be other images: "
-        f"resume on {saved} process(es), or from an epoch's end, or with "
-        "--builtins.exact_resume null to accept another order")
+    now = _batches(trainer)
+    where = (f"this checkpoint was saved {state['batches_done']} steps into epoch "
+             f"{state['epoch']} by {state.get('world_size')} process(es)")
+    if state.get("order") != ORDER:
+        raise UserError(f"{where} in an older data order than this version's: the rest of that "
+                        "epoch would be other images; resume from an epoch's end, or with "
+                        "--builtins.exact_resume null to accept another order")
+    if (state.get("global_batch"), state.get("accumulate")) != (now["global_batch"],
+                                                                now["accumulate"]):
+        raise UserError(
+            f"{where} with global batch {state.get('global_batch')} (accumulating "
+            f"{state.get('accumulate')}); this run's is {now['global_batch']} (accumulating "
+            f"{now['accumulate']}): its steps would hold other images. Resume with the global "
+            "batch of the checkpoint (--global_batch_size), or from an epoch's end")
+
+
+def _say_batch_change(state: dict, trainer) -> None:
+    """One start-up line when the per-device batch (BatchNorm's batch) is not the saved run's."""
+    now = _batches(trainer)
+    saved = state.get("per_device_batch")
+    if trainer.is_global_zero and saved not in (None, now["per_device_batch"]):
+        print(f"resume: {now['per_device_batch']} images per device on {trainer.world_size} "
+              f"process(es), {saved} on the checkpoint's {state.get('world_size')} (BatchNorm's "
+              f"batch changes); the global batch is {now['global_batch']} in both, so every "
+              "step trains the same images", file=sys.stderr)
 
 
 # -- exact resume --------------------------------------------------------------------------
@@ -84,11 +109,12 @@ class ExactResume(Callback):
       loaders start the epoch's order that far in (nothing read or decoded); a DataLoader's
       batches are drawn and dropped (loading, no compute). Loaders with their own state_dict
       are left to Lightning.
-    - Another world size mid-epoch: step s of an epoch trains images [s*B, (s+1)*B) of one
-      permutation on any number of DistributedSampler ranks (rank r takes every W-th, B/W per
-      step), so a run saved on W > 1 processes resumes exactly on any W' > 1 with the same
-      global batch B. One process draws another order (FFCV's own shuffle, a RandomSampler):
-      from or to one process, a mid-epoch checkpoint is refused in one line.
+    - Another world size mid-epoch: every training loader we ship trains step s of an epoch on
+      images [s*B, (s+1)*B) of one permutation of (seed, epoch), B the global batch, split over
+      the ranks (`resnext_lit.data.order`), so a run saved on W processes resumes exactly on
+      any W' (1 included) with the same global batch; the per-device batch, BatchNorm's batch,
+      then changes, and a start-up line says so. Another global batch mid-epoch is refused in
+      one line.
     """
 
     def __init__(self):
@@ -109,12 +135,13 @@ class ExactResume(Callback):
         epoch = next_epoch(trainer)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         return {"seed": self.seed, "epoch": epoch, "world_size": trainer.world_size,
-                "global_batch": _global_batch(trainer),
+                "order": ORDER, **_batches(trainer),
                 "batches_done": done if epoch == trainer.current_epoch else 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]  # the run's own, whatever seed this process was given
         _check_same_order(state, self._trainer)
+        _say_batch_change(state, self._trainer)
         self._reseed(self._trainer, state["epoch"])
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -1,7 +1,7 @@
 """What several test files share: the environment of a training subprocess, a run stopped by a
 real signal at a known step, and the calls that read a tensor back from the device.
 
-    from helpers import DEVICE_READS, ROOT, run_env, run_signalled
+    from helpers import DEVICE_READS, ROOT, SignalAt, run_env, run_signalled
 
 Subprocesses load callbacks from here and from test modules through PYTHONPATH
 (`--trainer.callbacks+=helpers.PauseAtStep`).
@@ -23,8 +23,8 @@ from lightning import Callback
 
 from resnext_lit.training.preemption import Preemption
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
 SIGNAL_TIMEOUT_S = 600
 
 # The calls that, on a GPU, wait for the device: a tensor read back to the host.
@@ -74,6 +74,18 @@ class PauseAtStep(Callback):
             while (self.signalled and preemption is not None and preemption._signal is None
                    and time.monotonic() < stop):
                 time.sleep(0.02)
+
+
+class SignalAt(Callback):
+    """Send this process `signum` at the end of training step `step`: a real signal, raised
+    by the process itself (an in-process run needs no second process to signal it)."""
+
+    def __init__(self, step: int = 1, signum: int = signal.SIGUSR1):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            signal.raise_signal(self.signum)
 
 
 def run_signalled(args: list[str], cwd: Path, step: int, sig: int,
