@@ -20,12 +20,22 @@ BETON_HUGE_SIDE = 2400
 BETON_COLOR_STEP = 40  # flat colours this far apart identify each image after JPEG and crops
 
 
-# The longest files first (measured, whole-file seconds on 2 cores): `make test`'s xdist workers
-# take whole files in collection order, and a long file started last leaves the other worker
-# idle while it runs. Within each file the order is pytest's.
-LONGEST_FIRST = ("test_demo.py", "test_exact_resume.py", "test_faults.py", "test_run_identity.py",
-                 "test_slurm.py", "test_reliability.py", "test_sweeps.py", "test_training.py",
-                 "test_ffcv_datamodule.py")
+# The longest files first (whole-file seconds measured on 2 cores, 2026-12-07): `make test`'s
+# xdist workers take whole files in collection order, and a long file started last leaves the
+# other worker idle while it runs. Within each file the order is pytest's.
+LONGEST_FIRST = ("test_exact_resume.py",    # 206 s
+                 "test_reliability.py",     # 139 s
+                 "test_slurm.py",           # 126 s
+                 "test_faults.py",          # 117 s
+                 "test_run_identity.py",    # 113 s
+                 "test_training.py",        # 74 s
+                 "test_sweeps.py",          # 69 s
+                 "test_demo.py",            # 58 s
+                 "test_bad_inputs.py",      # 54 s
+                 "test_beton_writer.py",    # 50 s
+                 "test_bench.py",           # 48 s
+                 "test_ffcv_datamodule.py",  # 33 s
+                 "test_cifar.py")           # 29 s
 
 
 def pytest_collection_modifyitems(items):

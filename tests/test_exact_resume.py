@@ -25,6 +25,7 @@ import torch
 
 from helpers import run_env, run_signalled
 from helpers.resume import (
+    EPOCHS,
     PROGRESSIVE,
     STEPS,
     TINY,
@@ -102,12 +103,14 @@ def test_ffcv_progressive_resizing_resumes_mid_epoch_and_at_an_epoch_boundary(
 
 
 # -- one order on any number of processes ------------------------------------------------------
-WORLD = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=6", "--global_batch_size=32",
-         # the ranks agree on a signal every 2 steps, so a DDP run stops mid-epoch
-         "--builtins.preemption.init_args.check_every_n_steps=2"]
-LOADERS = {"torch": ["--data.init_args.image_size=16", "--data.init_args.padding=0",
-                     "--data.init_args.num_workers=2"],  # no crop: an image's pixels name it
-           "ffcv": None}  # the digit betons
+# The ranks agree on a signal every 2 steps, so a DDP run stops mid-epoch.
+AGREE_EVERY_2 = "--builtins.preemption.init_args.check_every_n_steps=2"
+# loader -> (arguments, global batch, steps per epoch, epochs): the torch DataLoader without a
+# crop, so an image's pixels name it; FFCV as `ffcv_uninterrupted` trains (its reference).
+WORLDS = {"torch": (["--data.init_args.image_size=16", "--data.init_args.padding=0",
+                     "--data.init_args.num_workers=2", "--trainer.max_epochs=2",
+                     "--trainer.limit_train_batches=6"], 32, 6, 2),
+          "ffcv": (None, 16, STEPS, EPOCHS)}
 
 
 def steps_of(cwd: Path, ranks: int) -> dict[tuple[int, int], list[str]]:
@@ -122,35 +125,41 @@ def steps_of(cwd: Path, ranks: int) -> dict[tuple[int, int], list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loader", LOADERS)
-def test_a_mid_epoch_checkpoint_moves_from_1_process_to_2_and_back(loader, tmp_path,
-                                                                   digit_betons):
+@pytest.mark.parametrize("loader", WORLDS)
+def test_a_mid_epoch_checkpoint_moves_from_1_process_to_2_and_back(loader, tmp_path, request):
     """SIGTERM at step 2 on one process; resumed on 2 DDP ranks (gloo), stopped there inside
     epoch 1; resumed on one process to the end. Every step trains the images the
-    uninterrupted one-process run trained in it, each image once per epoch (before: refused)."""
-    data = digit_betons if LOADERS[loader] is None else LOADERS[loader]
-    args = [*TINY, *data, *WORLD]
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    fit_here(reference, *args)
+    uninterrupted one-process run trained in it, each image once per epoch (before: refused).
+    On FFCV across progressive resizing's change of resolution too."""
+    data, batch, steps, epochs = WORLDS[loader]
+    resumed = tmp_path / "resumed"
+    if data is None:  # the reference trained 16 a step on one process
+        args = [*TINY, *request.getfixturevalue("digit_betons"), *PROGRESSIVE,
+                f"--global_batch_size={batch}", AGREE_EVERY_2]
+        reference = request.getfixturevalue("ffcv_uninterrupted")
+    else:
+        args = [*TINY, *data, f"--global_batch_size={batch}", AGREE_EVERY_2]
+        reference = tmp_path / "reference"
+        fit_here(reference, *args)
     fit_here(resumed, *args, "--trainer.callbacks+=helpers.SignalAt",
              "--trainer.callbacks.step=2", f"--trainer.callbacks.signum={int(signal.SIGTERM)}",
              status=128 + signal.SIGTERM)
-    resumed.mkdir(exist_ok=True)
+    stop = steps + 2  # two steps into epoch 1: the agreement after the signal at steps + 1
     two = run_signalled(["fit", *args, "--ckpt_path=last", "--run_root", str(resumed / "runs"),
                          "--trainer.devices=2", "--trainer.strategy=ddp",
-                         "--trainer.accelerator=cpu"], resumed, 7, signal.SIGTERM)
+                         "--trainer.accelerator=cpu"], resumed, stop - 1, signal.SIGTERM)
     assert two.returncode == 128 + signal.SIGTERM, two.stderr[-3000:]
-    assert ("resume: 16 images per device on 2 process(es), 32 on the checkpoint's 1 "
-            "(BatchNorm's batch changes)") in two.stderr
-    assert "stopped by SIGTERM at epoch 1, step 8" in two.stderr
+    assert (f"resume: {batch // 2} images per device on 2 process(es), {batch} on the "
+            "checkpoint's 1 (BatchNorm's batch changes)") in two.stderr
+    assert f"stopped by SIGTERM at epoch 1, step {stop}" in two.stderr
     fit_here(resumed, *args, "--ckpt_path=last")
     ours, theirs = steps_of(resumed, 2), steps_of(reference, 1)
-    assert sorted(ours) == sorted(theirs) and len(ours) == 12
+    assert sorted(ours) == sorted(theirs) and len(ours) == steps * epochs
     for key, images in theirs.items():
         assert sorted(ours[key]) == sorted(images), key  # the step's images, whoever had them
-    for epoch in (0, 1):  # each image once an epoch
+    for epoch in range(epochs):  # each image once an epoch
         seen = [image for (e, _), images in ours.items() if e == epoch for image in images]
-        assert len(seen) == len(set(seen)) == 6 * 32
+        assert len(seen) == len(set(seen)) == steps * batch
 
 
 # -- torch DataLoaders with worker processes, 2 DDP ranks --------------------------------------

@@ -17,9 +17,10 @@ import multiprocessing
 import pytest
 import tqdm
 from ffcv import writer
-from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder, get_random_crop
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.loader.loader import Loader
+from ffcv.pipeline.graph import Graph
 
 # FFCV function -> (SHA-256 prefix of its source in ffcv 1.0.2, our code that relies on it).
 PINNED = {
@@ -31,6 +32,16 @@ PINNED = {
     EpochIterator.run: ("98ba340cc4fb0887", "data/ffcv.py: _StoppableEpoch.stop sets "
                         "terminate_event, which run checks between 0.5 s put timeouts"),
     EpochIterator.close: ("368b471a13cf39bf", "data/ffcv.py: _StoppableEpoch.stop"),
+    ResizedCropRGBImageDecoder.generate_code: ("7fd26b6fd29e4ab5", "data/seeded_crop.py: "
+                                               "SeededRandomResizedCrop.generate_code re-states "
+                                               "it with the seeded crop and flip"),
+    ResizedCropRGBImageDecoder.declare_state_and_memory: (
+        "89e8fe60c9550967", "data/seeded_crop.py: adds the epoch key's buffer to its two"),
+    get_random_crop: ("d79d75c3efeb1f93", "data/seeded_crop.py: seeded_crop draws as it draws"),
+    Graph.__init__: ("d16be0761537ec41", "data/ffcv.py: _StoppableEpoch.start finds the seeded "
+                     "decoder's node in operation_to_node"),
+    Graph.allocate_memory: ("a06fba8865f02e04", "data/ffcv.py: _StoppableEpoch.start fills the "
+                            "key into memory_allocations['operation'][node id]"),
     writer.DatasetWriter.prepare: ("48134cfcd7b4e796", "data/beton/processes.py: Writer.prepare "
                                    "holds SIGTERM while it makes metadata_sm, unlinked on failure"),
     writer.DatasetWriter._write_common: ("a0776d37f1306ba2", "data/beton/processes.py: patches "
@@ -63,3 +74,11 @@ def test_the_decoder_output_size_is_read_per_epoch_not_compiled_in():
         ResizedCropRGBImageDecoder.declare_state_and_memory)
     assert "output_size" not in inspect.getsource(ResizedCropRGBImageDecoder.generate_code)
     assert "allocate_memory" in inspect.getsource(EpochIterator.__init__)
+
+
+def test_the_epoch_iterator_starts_itself_once_its_buffers_exist():
+    """`_StoppableEpoch.start` writes the seeded decoder's key into the epoch's buffers before
+    the first batch: `__init__` must allocate them, then call `self.start()`, last."""
+    body = inspect.getsource(EpochIterator.__init__).rstrip().splitlines()
+    assert body[-1].strip() == "self.start()"
+    assert any("self.memory_allocations = " in line for line in body[:-1])

@@ -86,6 +86,7 @@ def test_torch_loaders_split_each_step_of_the_global_order_over_the_ranks(monkey
 
 
 # -- FFCV's crops and flips --------------------------------------------------------------------
+@pytest.mark.slow  # FFCV compiles each loader (seconds)
 def test_ffcv_batches_are_the_same_whatever_threads_batches_ahead_and_start(digit_betons,
                                                                             monkeypatch):
     images, labels = ffcv_epoch(digit_betons, monkeypatch, epoch=1, num_workers=1,
@@ -100,6 +101,7 @@ def test_ffcv_batches_are_the_same_whatever_threads_batches_ahead_and_start(digi
     assert not torch.equal(images, other_seed) and not torch.equal(images, next_epoch)
 
 
+@pytest.mark.slow  # FFCV compiles each loader (seconds)
 def test_ffcv_ranks_decode_the_images_one_process_decodes(digit_betons, monkeypatch):
     one, one_labels = ffcv_epoch(digit_betons, monkeypatch, epoch=3)
     steps = len(one) // PER_STEP
@@ -109,6 +111,7 @@ def test_ffcv_ranks_decode_the_images_one_process_decodes(digit_betons, monkeypa
     assert torch.equal(two.reshape(one.shape), one) and torch.equal(labels.ravel(), one_labels)
 
 
+@pytest.mark.slow  # FFCV compiles each loader (seconds)
 def test_ffcv_resolution_changes_the_size_not_the_draws(digit_betons, monkeypatch):
     """Progressive resizing: another resolution is another size of the same crops."""
     small, _ = ffcv_epoch(digit_betons, monkeypatch, epoch=0, res=32)
