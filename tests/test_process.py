@@ -142,13 +142,19 @@ def closes_within(close, seconds: float) -> bool:
 
 
 @pytest.mark.slow
-def test_bench_pool_stops_after_a_preempted_fit_in_the_same_process(own_handlers):
+def test_bench_pool_stops_after_a_preempted_fit_in_the_same_process(own_handlers, tmp_path):
     """The hang seen in `make test`: a pool forked after an in-process fit that a signal stopped
     inherited the stop handler (which ignores SIGTERM once stopped), and its `close()` waited
-    for ever on a worker that survived the pool's SIGTERM."""
+    for ever on a worker that survived the pool's SIGTERM. Here both workers are busy when the
+    pool closes, so none can leave on its own (idle ones sometimes do)."""
     assert main(["fit", *TINY, "--trainer.callbacks+=helpers.SignalAt"]) == 138
     ceiling = DecodeCeiling(fake_record, 32, workers=2, batch_size=8, res=16)
     assert ceiling.epoch() > 0
+    flags = [tmp_path / "busy0", tmp_path / "busy1"]
+    ceiling.pool.map_async(busy, [str(flag) for flag in flags], chunksize=1)
+    deadline = time.monotonic() + CLOSE_TIMEOUT_S
+    while not all(flag.exists() for flag in flags) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert closes_within(ceiling.close, CLOSE_TIMEOUT_S)
 
 
