@@ -178,8 +178,9 @@ def test_a_sweep_as_a_job_array_with_one_point_preempted_and_requeued(cluster, c
     assert f"requeued SLURM job {first}; it resumes from there" in text
 
     sweep = checkout / "runs" / "sweeps" / "demo-cardinality"
-    (run,) = (sweep / "01-resnext11_1x4d").iterdir()
-    assert f"run 01-resnext11_1x4d/{run.name}: SLURM job {first} requeued: resuming" in text
+    point = "01-resnext11_1x4d-seed_everything=0"  # the second: its seed 1
+    (run,) = (sweep / point).iterdir()
+    assert f"run {point}/{run.name}: SLURM job {first} requeued: resuming" in text
     assert [record(r)["status"] for r in sorted(sweep.glob("0*/*"))] == ["finished"] * 2
     assert [e["epoch"] for e in record(run)["epochs"]] == list(range(EPOCHS))
     pieces = sorted(run.glob("wandb/offline-run-*"))
@@ -192,4 +193,4 @@ def test_a_sweep_as_a_job_array_with_one_point_preempted_and_requeued(cluster, c
                            capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     text = (checkout / "tables" / "tables.md").read_text()
-    assert "resnext11_1x4d" in text and "resnext11_2x4d" in text, text
+    assert "| resnext11_1x4d | 11 | 1x4d |" in text and "(n=2)" in text, text  # two seeds

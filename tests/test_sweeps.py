@@ -123,8 +123,12 @@ def test_fig7_grid_is_cardinality_series_and_width_series():
 
 
 def test_demo_grid_is_small_moves_cardinality_and_is_not_the_papers():
-    grid = archs("demo_cardinality.yaml")
+    points = grid_points(load_sweep(ROOT / "sweeps" / "demo_cardinality.yaml"))
+    grid = list(dict.fromkeys(archs("demo_cardinality.yaml")))
     assert [setting(a) for a in grid] == [(11, c, 4) for c in (1, 2, 4, 8)]
+    # Two seeds of each: the least a claim's interval needs (resnext_lit.experiments.claims).
+    assert sorted((p["model.arch"], p["seed_everything"]) for p in points) == \
+        [(a, seed) for a in grid for seed in (0, 1)]
     assert all(model_entry(a)["dataset"] == "digits" and not model_entry(a)["in_paper"]
                for a in grid)
     # Its header names the folder the local runner really writes: runs/sweeps/<name>.
@@ -269,6 +273,9 @@ def test_local_runner_runs_a_grid_resumes_and_feeds_the_table(offline_workdir, c
     assert "- (failed)" in rows["no_such_net"]
     pngs = list(Path("tables").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    # The demo's claim ends the output (as `make demo-sweep`'s): one seed a network, no interval.
+    (claim,) = [line for line in text.splitlines() if line.startswith("| digits (CPU demo)")]
+    assert "**not run**" in claim and "one run of digits: resnext11_1x4d 1x4d depth 11" in claim
 
 
 def test_gpu_slots_share_the_visible_gpus(monkeypatch):

@@ -11,7 +11,8 @@ against the error (parallel coordinates), and the runs table with the columns th
 tables use. Saving needs a W&B server and credentials; `--dry-run` builds the report and prints
 its outline without touching the network (W&B's API needs the server even to serialise a run
 set). The config keys and metrics are the ones `resnext_lit.training.wandb_logger` and the module
-log.
+log. With `--runs FOLDER` (or, saving a sweep's report, the sweep's runs) it ends with the paper's
+claims judged on those runs, as `table` prints them (`resnext_lit.experiments.claims`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ TABLE_COLUMNS = ("config:network.value", "config:dataset.value", "config:recipe.
 
 
 def build_report(entity: str, project: str, sweep: str | None = None,
-                 title: str | None = None):
-    """The report object; nothing is sent anywhere until `.save()`."""
+                 title: str | None = None, claims: str | None = None):
+    """The report object; nothing is sent anywhere until `.save()`. `claims`: the "Claims"
+    section `table` writes (`claims.markdown`), shown as a block of its own."""
     import wandb_workspaces.reports.v2 as wr
 
     scope = f"sweep {sweep}" if sweep else f"project {project}"
@@ -74,6 +76,8 @@ def build_report(entity: str, project: str, sweep: str | None = None,
              "tables with our numbers next to its."),
         wr.PanelGrid(runsets=[runset], panels=[wr.RunComparer(diff_only="split")]),
     ]
+    if claims:
+        grid += [wr.H2("The paper's claims in these runs"), wr.MarkdownBlock(text=claims)]
     return wr.Report(entity=entity, project=project,
                      title=title or f"ResNeXt ablations: {scope}",
                      description="Aggregated Residual Transformations (arXiv:1611.05431): "
@@ -90,10 +94,28 @@ def outline(report) -> list[str]:
             for panel in block.panels:
                 name = getattr(panel, "title", None) or type(panel).__name__
                 lines.append(f"    {type(panel).__name__}: {name}")
+        elif kind == "MarkdownBlock":  # the claims: every line, as the report shows them
+            lines += [f"  {kind}:", *(f"    {line}" for line in block.text.splitlines())]
         else:
             text = getattr(block, "text", "")
             lines.append(f"  {kind}: {text if isinstance(text, str) else ''}"[:100])
     return lines
+
+
+def _claims(args) -> str | None:
+    """The "Claims" section for the report: from local records, or (saving a sweep's report)
+    from the sweep's runs through W&B's API; None when there is nothing to judge."""
+    from .claims import judge, markdown
+    from .records import load_local, load_wandb
+    from .table import build_tables
+
+    if args.runs:
+        records = load_local(args.runs)
+    elif args.sweep and not args.dry_run:
+        records = load_wandb(f"{args.entity}/{args.project}/{args.sweep}")
+    else:
+        return None
+    return markdown(judge(build_tables(records)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", default="resnext-lit", help="W&B project")
     parser.add_argument("--sweep", help="only the runs of this sweep id")
     parser.add_argument("--title", help="report title")
+    parser.add_argument("--runs", help="judge the paper's claims on the results.json records "
+                        "under this folder (default: on the sweep's runs, read from W&B)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build and print the report; do not save it")
     args = parser.parse_args(argv)
+    text = _claims(args)
     try:
-        report = build_report(args.entity, args.project, args.sweep, args.title)
+        report = build_report(args.entity, args.project, args.sweep, args.title, text)
     except ImportError:
         raise UserError("the dashboard needs wandb-workspaces: "
                         "pip install wandb-workspaces") from None

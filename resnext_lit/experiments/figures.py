@@ -226,3 +226,38 @@ def _name_points(fig, ax, named: dict[tuple[float, float, str], str]) -> None:
                                            "shrinkA": 0, "shrinkB": 4})
         best.set_in_layout(False)
         taken.append(best.get_window_extent(renderer))
+
+
+def claims_figure(verdicts):
+    """Each judged comparison of `claims.judge`: our difference with its 95% interval (a bar),
+    the paper's (a cross), zero (the line a claim must clear). None when nothing was judged."""
+    steps = [(v, s) for v in verdicts for s in v.steps if s.ours is not None]
+    if not steps:
+        return None
+    fig, ax = _figure()
+    fig.set_figheight(max(SIZE[1], 0.35 * len(steps) + 1.5))
+    colours = {"holds": "tab:green", "contradicted": "tab:red", "not resolved": "tab:gray"}
+    for y, (_, s) in enumerate(reversed(steps)):
+        ax.errorbar(s.ours, y, xerr=[[s.ours - s.low], [s.high - s.ours]], fmt="o",
+                    color=colours[s.word], capsize=3)
+        if s.paper is not None:
+            ax.plot(s.paper, y, "x", color="black", markersize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(steps)),
+                  [_wrap(f"{v.claim.source}: {s.label}", 60) for v, s in reversed(steps)],
+                  fontsize=SMALL)
+    ax.set_xlabel("top-1 error difference (%): > 0 where the paper says so", fontsize=FONT)
+    handles = [ax.plot([], [], "o", color=c)[0] for c in colours.values()]
+    handles.append(ax.plot([], [], "x", color="black")[0])
+    _finish(fig, ax, "The paper's claims: our difference with its 95% interval over seeds",
+            handles, [*colours, "the paper's difference"], "step")
+    return fig
+
+
+def plot_claims(verdicts, path: Path) -> bool:
+    """`claims_figure` as a PNG; False when there is nothing to draw."""
+    fig = claims_figure(verdicts)
+    if fig is None:
+        return False
+    _save(fig, path)
+    return True

@@ -11,7 +11,9 @@ params), Fig. 7 (CIFAR-10 error vs params), and a table of every other setting (
 demo). Each cell is ours (mean +- std over seeds), the paper's figure from the model registry,
 and the difference. A setting with no finished run is a gap ("-", with the state of its runs),
 never a zero. Writes tables.md, tables.csv (one row per cell) and PNGs: train/val error per epoch
-(Fig. 5 style) and error vs params (Fig. 7 style; `figures.py`), each written atomically.
+(Fig. 5 style) and error vs params (Fig. 7 style; `figures.py`), each written atomically. Then
+the paper's claims, each judged on these cells with its 95% interval over seeds (`claims.py`):
+a "Claims" section in tables.md and on the console, claims.csv and claims.png.
 `build_tables` is a pure function of records (`records.py` reads them).
 
 How cells are formed (`cells.py`): a run counts for the network it built, looked up by (depth, C,
@@ -38,6 +40,7 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..models import dataset_of, model_entry
 from ..models.registry import FIG7, TABLE3, TABLE3_SETTINGS, TABLE4, TABLE5, TABLE5_SIZES, TABLE7
+from . import claims
 from .cells import (
     NETWORK,
     RECIPE,
@@ -50,11 +53,13 @@ from .cells import (
     stat,
     summarize,
 )
-from .figures import plot_curves, plot_error_vs_params
+from .figures import plot_claims, plot_curves, plot_error_vs_params
 from .records import load_local, load_wandb
 
 GAP = "-"
 APART = "Runs apart from the paper cells"
+CLAIM_COLUMNS = ["claim", "source", "text", "table", "verdict", "step", "ours", "low", "high",
+                 "paper", "n_higher", "n_lower", "step_verdict", "seeds_needed", "why"]
 
 
 @dataclass
@@ -329,10 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         if (fig7 or t.title.startswith("Other")) and \
                 plot_error_vs_params(t, out / f"{slug}_error_vs_params.png", series=fig7):
             t.notes.append(f"![error vs params]({slug}_error_vs_params.png)")
-    text = markdown(tables)
+    verdicts = claims.judge(tables)
+    text = markdown(tables) + "\n" + claims.markdown(verdicts)
+    if plot_claims(verdicts, out / "claims.png"):
+        text += "\n![claims](claims.png)\n"
     with atomic_write(out / "tables.md") as f:
         f.write(text + "\n")
     write_csv(tables, out / "tables.csv")
+    with atomic_write(out / "claims.csv", newline="") as f:
+        writer = csv.DictWriter(f, CLAIM_COLUMNS)
+        writer.writeheader()
+        writer.writerows(claims.rows(verdicts))
     print(text)
-    print(f"wrote {out}/tables.md, tables.csv and {len(list(out.glob('*.png')))} PNG(s)")
+    print(f"wrote {out}/tables.md, tables.csv, claims.csv and "
+          f"{len(list(out.glob('*.png')))} PNG(s)")
     return 0
