@@ -188,7 +188,7 @@ def _word(low: float, high: float) -> str:
 
 def judge_step(step: Step, cells: dict[tuple[str, str], dict]) -> Result:
     """One comparison from the table's cells ((row, column) -> the cell's CSV entry)."""
-    sides = [step.lower] + ([] if isinstance(step.higher, float) else [step.higher])
+    sides = ([] if isinstance(step.higher, float) else [step.higher]) + [step.lower]
     missing = [f"{row} {column}".strip() for row, column in sides
                if (cells.get((row, column)) or {}).get("ours_mean") is None]
     if missing:
